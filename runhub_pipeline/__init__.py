@@ -1,0 +1,1 @@
+"""Run Hub data pipeline."""

@@ -1,0 +1,212 @@
+"""Reading the app database into the warehouse's raw tables, window by window.
+
+Event rows are chosen by `received_at` in `[window_start, window_end)` and streamed as Arrow
+batches; every column but `id` and `received_at` arrives as text, because the pipeline never
+trusts it. The app's small tables (projects, workflow runs, digest e-mails) are copied whole on
+every ingest. Everything a call reads replaces what the same windows held before, in one DuckDB
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import jinja2
+import pyarrow as pa
+
+from runhub_pipeline.models import render_model, run_model, statements_of
+from runhub_pipeline.resources.app_db import AppDatabase
+
+# Per source table: (warehouse raw table, columns after id/received_at). Constants, never input.
+EVENT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "business_events": (
+        "raw_business_events",
+        (
+            "project_id",
+            "event_type",
+            "occurred_at",
+            "idempotency_key",
+            "actor_email",
+            "session_id",
+            "amount_cents",
+            "currency",
+            "payload",
+        ),
+    ),
+    "inhouse_analytics_events": (
+        "raw_analytics_events",
+        ("project_id", "event_name", "session_id", "anonymous_id", "path", "occurred_at"),
+    ),
+}
+
+SNAPSHOT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "projects": (
+        "raw_projects",
+        (
+            "project_id",
+            "name",
+            "timezone",
+            "currency",
+            "locale",
+            "owner_email",
+            "digest_enabled",
+            "digest_hour",
+            "digest_next_at",
+            "auto_recover_abandoned",
+            "stripe_connected",
+            "tracking_installed",
+            "forms_count",
+            "created_at",
+        ),
+    ),
+    "workflow_runs": (
+        "raw_workflow_runs",
+        (
+            "id",
+            "project_id",
+            "action_id",
+            "status",
+            "idempotency_key",
+            "params",
+            "attempts",
+            "lease_owner",
+            "lease_expires_at",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "result",
+            "error",
+        ),
+    ),
+    "inhouse_emails": (
+        "raw_inhouse_emails",
+        (
+            "id",
+            "project_id",
+            "template_name",
+            "locale",
+            "to_email",
+            "subject",
+            "status",
+            "idempotency_key",
+            "created_at",
+            "sent_at",
+            "error",
+        ),
+    ),
+}
+
+_SOURCE_SELECT = jinja2.Template(
+    """select
+{%- if with_event_keys %}
+    id,
+    {{ received_at }} as received_at,
+{%- endif %}
+{%- for column in columns %}
+    {{ text(column) }} as {{ column }}{{ "," if not loop.last }}
+{%- endfor %}
+from {{ table }}
+{%- if with_event_keys %}
+where received_at >= {{ p1 }} and received_at < {{ p2 }}
+{%- endif %}""",
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def source_select(app_db: AppDatabase, table: str, columns: tuple[str, ...], windowed: bool) -> str:
+    """The source query for one table: text columns, windowed on received_at for events."""
+    if app_db.dialect == "postgresql":
+
+        def as_text(column: str) -> str:
+            return f"{column}::text"
+
+        received_at = "received_at"
+    else:
+
+        def as_text(column: str) -> str:
+            return f"cast({column} as text)"
+
+        received_at = "cast(received_at as text)"
+    return _SOURCE_SELECT.render(
+        table=table,
+        columns=columns,
+        text=as_text,
+        with_event_keys=windowed,
+        received_at=received_at,
+        p1=app_db.placeholder(1),
+        p2=app_db.placeholder(2),
+    )
+
+
+def window_bound(app_db: AppDatabase, moment: datetime) -> object:
+    """A window bound as the source compares it: fixed-width UTC text on SQLite."""
+    if app_db.dialect == "sqlite":
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    source_rows: dict[str, int]
+    windows: int
+
+
+def ensure_warehouse_schema(connection: duckdb.DuckDBPyConnection) -> None:
+    for statement in statements_of(render_model("ddl/warehouse")):
+        connection.execute(statement)
+
+
+def _batches(
+    app_db: AppDatabase, table: str, columns: tuple[str, ...], start: datetime, end: datetime
+) -> Iterator[pa.RecordBatch]:
+    sql = source_select(app_db, table, columns, windowed=True)
+    yield from app_db.arrow_batches(sql, [window_bound(app_db, start), window_bound(app_db, end)])
+
+
+def ingest_windows(
+    app_db: AppDatabase,
+    connection: duckdb.DuckDBPyConnection,
+    window_start: datetime,
+    window_end: datetime,
+    ingested_at: datetime,
+) -> IngestResult:
+    """Replace the raw rows of `[window_start, window_end)` and the app-table snapshots.
+
+    The caller holds the warehouse writer; this runs in one transaction, so a crash leaves the
+    previous rows of every window whole.
+    """
+    ensure_warehouse_schema(connection)
+    bounds = {"window_start": window_start, "window_end": window_end}
+    counts: dict[str, int] = {}
+    connection.execute("begin")
+    try:
+        for table, (raw_table, columns) in EVENT_SOURCES.items():
+            run_model(connection, "raw_events_delete", bounds, raw_table=raw_table)
+            counts[table] = 0
+            for batch in _batches(app_db, table, columns, window_start, window_end):
+                connection.register("_source_batch", batch)
+                run_model(connection, "raw_events", raw_table=raw_table, columns=columns)
+                connection.unregister("_source_batch")
+                counts[table] += batch.num_rows
+            run_model(
+                connection,
+                "ingest_ledger",
+                {**bounds, "source_table": table, "ingested_at": ingested_at},
+                raw_table=raw_table,
+            )
+        for table, (raw_table, columns) in SNAPSHOT_SOURCES.items():
+            run_model(connection, "raw_snapshot_delete", raw_table=raw_table)
+            sql = source_select(app_db, table, columns, windowed=False)
+            for batch in app_db.arrow_batches(sql):
+                connection.register("_source_batch", batch)
+                run_model(connection, "raw_snapshot", raw_table=raw_table, columns=columns)
+                connection.unregister("_source_batch")
+        connection.execute("commit")
+    except BaseException:
+        connection.execute("rollback")
+        raise
+    windows = int((window_end - window_start).total_seconds() // 900)
+    return IngestResult(source_rows=counts, windows=windows)

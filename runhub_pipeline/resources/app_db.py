@@ -1,0 +1,181 @@
+"""The app database: SQLite (embedded default) or PostgreSQL (production).
+
+One SQLAlchemy engine per URL and process gives both dialects the same bound-parameter API
+(`:name` placeholders) and UTC sessions. Bulk reads go through Arrow: ADBC's COPY-based reader on
+PostgreSQL, batched cursors on SQLite, so a window is never one giant list of tuples in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import dagster as dg
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from runhub_pipeline.settings import SettingsError
+
+Dialect = Literal["sqlite", "postgresql"]
+ARROW_BATCH_ROWS = 100_000
+
+
+class AppDbError(RuntimeError):
+    """The app database is missing, unreachable or refused an operation; one line for the user."""
+
+
+def dialect_of(url: str) -> Dialect:
+    scheme = urlsplit(url).scheme.split("+")[0]
+    if scheme == "sqlite":
+        return "sqlite"
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql"
+    raise SettingsError(
+        f"RUNHUB_APP_DB_URL must start with sqlite:/// or postgresql://, got {scheme or url!r}"
+    )
+
+
+def _sqlalchemy_url(url: str) -> str:
+    if dialect_of(url) == "postgresql":
+        rest = url.split("://", 1)[1]
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+@functools.cache
+def app_engine(url: str) -> Engine:
+    """The process-wide engine for `url`; every session runs in UTC."""
+    if dialect_of(url) == "postgresql":
+        engine = sa.create_engine(
+            _sqlalchemy_url(url),
+            connect_args={"options": "-c timezone=UTC", "connect_timeout": 10},
+            pool_pre_ping=True,
+        )
+        return engine
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    # pysqlite's implicit transactions do not start before a read; take the write lock at BEGIN
+    # so two writers queue on busy_timeout instead of failing on a stale snapshot.
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("pragma journal_mode=wal")
+        dbapi_connection.execute("pragma busy_timeout=60000")
+        dbapi_connection.execute("pragma synchronous=normal")
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("begin immediate")
+
+    return engine
+
+
+class AppDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The Run Hub app database, source of raw events and target of the served KPIs."""
+
+    url: str
+
+    @property
+    def dialect(self) -> Dialect:
+        return dialect_of(self.url)
+
+    @property
+    def engine(self) -> Engine:
+        return app_engine(self.url)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except sa.exc.OperationalError as error:
+            raise AppDbError(describe_db_error(self.url, error)) from error
+
+    def fetch_all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[sa.Row[Any]]:
+        with self.begin() as connection:
+            return list(connection.execute(sa.text(sql), dict(params or {})))
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        with self.begin() as connection:
+            connection.execute(sa.text(sql), dict(params or {}))
+
+    def arrow_batches(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        schema: pa.Schema | None = None,
+        batch_rows: int = ARROW_BATCH_ROWS,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a query's rows as Arrow record batches of at most `batch_rows` rows.
+
+        `sql` uses positional placeholders: `$1, $2` on PostgreSQL, `?` on SQLite (see
+        `placeholder`). Columns are cast to `schema` when it is given.
+        """
+        if self.dialect == "postgresql":
+            yield from _postgres_batches(self.url, sql, params, schema)
+        else:
+            yield from _sqlite_batches(self.url, sql, params, schema, batch_rows)
+
+    def placeholder(self, position: int) -> str:
+        """The positional placeholder for `arrow_batches`, 1-based."""
+        return f"${position}" if self.dialect == "postgresql" else "?"
+
+
+def _postgres_batches(
+    url: str, sql: str, params: Sequence[Any], schema: pa.Schema | None
+) -> Iterator[pa.RecordBatch]:
+    import adbc_driver_postgresql.dbapi as adbc
+
+    try:
+        connection = adbc.connect(url.replace("postgres://", "postgresql://", 1))
+    except adbc.Error as error:
+        first_line = str(error).splitlines()[0]
+        raise AppDbError(f"cannot connect to the app database: {first_line}") from error
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("set time zone 'UTC'")
+            cursor.execute(sql, list(params) if params else None)
+            reader = cursor.fetch_record_batch()
+            for batch in reader:
+                yield batch.cast(schema) if schema is not None else batch
+    finally:
+        connection.close()
+
+
+def _sqlite_batches(
+    url: str, sql: str, params: Sequence[Any], schema: pa.Schema | None, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    path = sa.make_url(url).database or ":memory:"
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    try:
+        cursor = connection.execute(sql, tuple(params))
+        names = [column[0] for column in cursor.description]
+        while rows := cursor.fetchmany(batch_rows):
+            columns = list(zip(*rows, strict=True))
+            arrays = (
+                [
+                    pa.array(col, type=schema.field(n).type)
+                    for col, n in zip(columns, names, strict=True)
+                ]
+                if schema is not None
+                else [pa.array(col) for col in columns]
+            )
+            yield pa.RecordBatch.from_arrays(arrays, names=names)
+    except sqlite3.OperationalError as error:
+        raise AppDbError(f"cannot read the app database at {path}: {error}") from error
+    finally:
+        connection.close()
+
+
+def describe_db_error(url: str, error: BaseException) -> str:
+    """A one-line description of a connection failure that never prints a password."""
+    parts = urlsplit(url)
+    where = parts.path if dialect_of(url) == "sqlite" else f"{parts.hostname}:{parts.port or 5432}"
+    first_line = str(getattr(error, "orig", error)).strip().splitlines()[0:1]
+    return f"app database {where}: {first_line[0] if first_line else type(error).__name__}"

@@ -1,0 +1,35 @@
+-- ingest_ledger: one row per (source_table, 15-minute ingest window), grain (source_table,
+-- window_start). Written when a window's raw rows are replaced: every window of
+-- [$window_start, $window_end) gets its source row count, zero included, so the late-commit
+-- sensor can compare counts and the watermark moves past empty windows. Staging fills in where
+-- the rows went.
+
+delete from ingest_ledger
+where source_table = $source_table
+    and window_start >= $window_start and window_start < $window_end;
+
+insert into ingest_ledger (
+    source_table, window_start, source_rows, staged, duplicates, quarantined, ingested_at,
+    staged_at
+)
+select
+    $source_table as source_table,
+    w.window_start,
+    coalesce(c.source_rows, 0) as source_rows,
+    0 as staged,
+    0 as duplicates,
+    0 as quarantined,
+    $ingested_at as ingested_at,
+    null as staged_at
+from (
+    select unnest(generate_series(
+        $window_start::timestamptz, $window_end::timestamptz - interval 15 minutes,
+        interval 15 minutes
+    )) as window_start
+) as w
+left join (
+    select r.ingest_window_start, count(*) as source_rows
+    from {{ raw_table }} as r
+    where r.ingest_window_start >= $window_start and r.ingest_window_start < $window_end
+    group by r.ingest_window_start
+) as c on c.ingest_window_start = w.window_start;
