@@ -34,7 +34,7 @@ def model_names() -> list[str]:
 
 def render_model(name: str, **shape: Any) -> str:
     """The model's SQL with its Jinja2 shape arguments (dialect, column lists) filled in."""
-    return _ENV.from_string(model_source(name)).render(dialect="duckdb", **shape)
+    return _ENV.from_string(model_source(name)).render(**{"dialect": "duckdb", **shape})
 
 
 def split_statements(sql: str, dialect: str = "duckdb") -> list[exp.Expression]:

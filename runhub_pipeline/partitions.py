@@ -10,6 +10,9 @@ from datetime import UTC, datetime
 import dagster as dg
 
 PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:%M"
+# Run tags that make one run cover a range of windows (single-run backfill policy).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def fifteen_minute_partitions(start: datetime) -> dg.TimeWindowPartitionsDefinition:

@@ -4,16 +4,18 @@ The rules live in `sql/stg_*.sql`; this module runs them for a range of windows 
 transaction and reports where every row went.
 """
 
-from __future__ import annotations
-
 import zoneinfo
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+import dagster as dg
 import duckdb
 
-from runhub_pipeline.assets.ingest import ensure_warehouse_schema
+from runhub_pipeline.assets.ingest import RAW_ASSET_KEYS, ensure_warehouse_schema
 from runhub_pipeline.models import run_model
+from runhub_pipeline.resources.warehouse import WAREHOUSE_POOL, Warehouse, utc_now
 
 
 def valid_timezones() -> list[str]:
@@ -75,3 +77,61 @@ def _staging_summary(
         quarantined={r[0]: int(r[3]) for r in rows},
         changed_events=int(changed[0]) if changed else 0,
     )
+
+
+STAGING_ASSET_KEYS = (
+    "stg_projects",
+    "stg_business_events",
+    "stg_analytics_events",
+    "quarantined_events",
+    "ingest_ledger",
+)
+
+_STAGING_DESCRIPTIONS = {
+    "stg_projects": "Projects with validated time zone (invalid → UTC, flagged), normalized locale"
+    " and owner e-mail; grain project_id.",
+    "stg_business_events": "Normalized business events that passed quarantine, the earliest"
+    " (received_at, id) copy of each (project_id, idempotency_key); grain event_id, time column"
+    " occurred_at.",
+    "stg_analytics_events": "Normalized in-house analytics events that passed quarantine; grain"
+    " event_id, time column occurred_at.",
+    "quarantined_events": "Source rows that failed a staging rule, with the first failing rule as"
+    " reason and the raw values as JSON; grain (source_table, source_id).",
+    "ingest_ledger": "Per source table and 15-minute window: source rows read, staged, duplicates"
+    " and quarantined; source_rows = staged + duplicates + quarantined.",
+}
+
+
+def build_staging_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    @dg.multi_asset(
+        name="stage_events",
+        specs=[
+            dg.AssetSpec(
+                key,
+                description=_STAGING_DESCRIPTIONS[key],
+                group_name="staging",
+                deps=list(RAW_ASSET_KEYS),
+            )
+            for key in STAGING_ASSET_KEYS
+        ],
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=WAREHOUSE_POOL,
+    )
+    def stage_events(
+        context: dg.AssetExecutionContext, warehouse: Warehouse
+    ) -> Iterator[dg.MaterializeResult]:
+        window = context.partition_time_window
+        with warehouse.writer() as connection:
+            result = stage_windows(connection, window.start, window.end, utc_now())
+        summary: dict[str, Any] = {
+            "staged_business_events": result.staged.get("business_events", 0),
+            "staged_analytics_events": result.staged.get("inhouse_analytics_events", 0),
+            "duplicates": result.duplicates,
+            "quarantined": sum(result.quarantined.values()),
+            "changed_events": result.changed_events,
+        }
+        for key in STAGING_ASSET_KEYS:
+            yield dg.MaterializeResult(asset_key=key, metadata=summary)
+
+    return [stage_events]

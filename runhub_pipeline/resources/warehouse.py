@@ -18,12 +18,20 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 
 WRITER_LOCK_TIMEOUT_SECONDS = 3600.0
+# Dagster pool of every step that writes the warehouse; its limit (1) is set on the instance.
+WAREHOUSE_POOL = "warehouse"
+
+
+def utc_now() -> datetime:
+    """Wall-clock time for orchestration code; library functions take the time as a parameter."""
+    return datetime.now(UTC)
 
 
 class WarehouseNotBuiltError(RuntimeError):

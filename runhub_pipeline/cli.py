@@ -1,0 +1,200 @@
+"""`runhub`: init, simulate, backfill and demo on the embedded defaults or production settings.
+
+Every failure the user can cause (bad arguments, unreachable database, unwritable home) ends in
+one line on stderr and a non-zero exit; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from runhub_pipeline.orchestration import RunOutcome, execute_window_range
+from runhub_pipeline.resources.app_db import AppDatabase, AppDbError, describe_db_error
+from runhub_pipeline.resources.warehouse import WarehouseNotBuiltError, utc_now
+from runhub_pipeline.settings import Settings, SettingsError, floor_to_window, parse_utc
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class CliError(RuntimeError):
+    """A failure to report as one line."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a rate between 0 and 1, got {value}")
+    return value
+
+
+def _time(text: str) -> datetime:
+    try:
+        return parse_utc(text)
+    except SettingsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runhub", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("init", help="create or upgrade the app-database schema (idempotent)")
+
+    simulate = commands.add_parser("simulate", help="fill the app database with demo data")
+    simulate.add_argument("--projects", type=_positive_int, required=True)
+    simulate.add_argument("--days", type=_positive_int, required=True)
+    simulate.add_argument("--seed", type=int, required=True)
+    simulate.add_argument("--end", type=_time, help="end of the data (default: now, floored)")
+    simulate.add_argument("--events-per-day", type=_positive_int, dest="events_per_day")
+    simulate.add_argument("--bad-rate", type=_rate, default=0.005, dest="bad_rate")
+
+    backfill = commands.add_parser(
+        "backfill", help="materialize the windows starting in [start, end) as one Dagster run"
+    )
+    backfill.add_argument("--start", type=_time, required=True)
+    backfill.add_argument("--end", type=_time, required=True)
+
+    demo = commands.add_parser("demo", help="init, simulate, backfill, send, and print a summary")
+    demo.add_argument("--projects", type=_positive_int, default=20)
+    demo.add_argument("--days", type=_positive_int, default=14)
+    demo.add_argument("--seed", type=int, default=42)
+    return parser
+
+
+def ensure_home(settings: Settings) -> None:
+    """Create RUNHUB_HOME and prove it is writable before anything is written into it."""
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        probe = settings.home / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise CliError(f"RUNHUB_HOME {settings.home} is not writable: {error.strerror}") from None
+
+
+def open_app_db(settings: Settings, must_exist: bool = True) -> AppDatabase:
+    app_db = AppDatabase(url=settings.app_db_url)
+    if app_db.dialect == "sqlite":
+        path = Path(sa.make_url(settings.app_db_url).database or "")
+        if must_exist and not path.exists():
+            raise CliError(f"app database {path} does not exist: run `runhub init` first")
+        if not must_exist:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with app_db.begin() as connection:
+            connection.execute(sa.text("select 1"))
+    except (sa.exc.DBAPIError, sa.exc.ArgumentError) as error:
+        raise CliError(describe_db_error(settings.app_db_url, error)) from None
+    return app_db
+
+
+def command_init(settings: Settings) -> None:
+    from runhub_pipeline.resources.app_schema import migrate
+
+    ensure_home(settings)
+    applied = migrate(open_app_db(settings, must_exist=False))
+    print(f"app database schema is current ({', '.join(applied) or 'nothing to apply'})")
+
+
+def command_simulate(settings: Settings, args: argparse.Namespace) -> None:
+    from runhub_pipeline.simulate import SimulationSpec, simulate
+
+    ensure_home(settings)
+    app_db = open_app_db(settings)
+    end = floor_to_window(args.end or utc_now())
+    spec_args = {"events_per_day": args.events_per_day} if args.events_per_day else {}
+    spec = SimulationSpec(
+        projects=args.projects,
+        days=args.days,
+        seed=args.seed,
+        end=end,
+        bad_rate=args.bad_rate,
+        **spec_args,
+    )
+    result = simulate(app_db, spec, progress=_progress)
+    print(
+        f"simulated {result.projects} projects: {result.business_events:,} business events and"
+        f" {result.analytics_events:,} analytics events ending {end.isoformat()}"
+    )
+
+
+def _progress(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def run_backfill(settings: Settings, start: datetime, end: datetime) -> RunOutcome:
+    """Materialize every window starting in [start, end) and everything downstream, one run."""
+    first = floor_to_window(start)
+    if first != start:
+        raise CliError(f"--start must be on a 15-minute boundary, got {start.isoformat()}")
+    if end <= start:
+        raise CliError("--end must be after --start")
+    if start < settings.partitions_start:
+        raise CliError(
+            f"--start {start.isoformat()} is before RUNHUB_PARTITIONS_START"
+            f" {settings.partitions_start.isoformat()}"
+        )
+    last = floor_to_window(end - timedelta(microseconds=1))
+    return execute_window_range(settings, first, last)
+
+
+def command_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    ensure_home(settings)
+    open_app_db(settings)
+    outcome = run_backfill(settings, args.start, args.end)
+    if not outcome.success:
+        print(f"runhub: backfill run {outcome.run_id} failed: {outcome.failure}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"backfill run {outcome.run_id} succeeded")
+    return 0
+
+
+def command_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from runhub_pipeline.demo import run_demo
+
+    ensure_home(settings)
+    return run_demo(settings, projects=args.projects, days=args.days, seed=args.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if args.command == "init":
+            command_init(settings)
+            return 0
+        if args.command == "simulate":
+            command_simulate(settings, args)
+            return 0
+        if args.command == "backfill":
+            return command_backfill(settings, args)
+        return command_demo(settings, args)
+    except (CliError, SettingsError, AppDbError, WarehouseNotBuiltError) as error:
+        print(f"runhub: error: {error}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(error, SettingsError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        print("runhub: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Shared fixtures: real SQLite, DuckDB and PostgreSQL databases, one throwaway each.
+
+PostgreSQL tests are marked `postgres`. Locally they skip when no server answers; under CI=true
+they fail instead, so a missing server can never turn into a green run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from runhub_pipeline.resources.app_db import AppDatabase, app_engine
+from runhub_pipeline.resources.app_schema import migrate
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+PG_ADMIN_URL = os.environ.get(
+    "RUNHUB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _server_available() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except psycopg.OperationalError as error:
+        return str(error).splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_database_factory() -> Iterator[Callable[[], str]]:
+    """Creates throwaway PostgreSQL databases; every one is dropped at the end of the session."""
+    problem = _server_available()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required under CI=true: {problem}")
+        pytest.skip(f"PostgreSQL not available: {problem}")
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"runhub_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'create database "{name}"')
+        created.append(name)
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield create
+    app_engine.cache_clear()
+    for name in created:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def sqlite_app_db(tmp_path: Path) -> AppDatabase:
+    app_db = AppDatabase(url=f"sqlite:///{tmp_path / 'app.db'}")
+    migrate(app_db)
+    return app_db
+
+
+@pytest.fixture
+def postgres_app_db(postgres_database_factory: Callable[[], str]) -> AppDatabase:
+    app_db = AppDatabase(url=postgres_database_factory())
+    migrate(app_db)
+    return app_db
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def app_db(request: pytest.FixtureRequest) -> AppDatabase:
+    """The app database on both dialects: every test using it runs on SQLite and PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_app_db")  # type: ignore[no-any-return]
+    return request.getfixturevalue("postgres_app_db")  # type: ignore[no-any-return]
