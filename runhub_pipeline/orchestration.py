@@ -7,7 +7,6 @@ but record the run, its materializations and check results in the same instance 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +29,10 @@ telemetry:
 """
 
 
+# Step-level DEBUG lines belong in the Dagster UI, not on the terminal of `runhub backfill`.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     success: bool
@@ -44,8 +47,7 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(EMBEDDED_DAGSTER_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def execute_window_range(
@@ -62,6 +64,7 @@ def execute_window_range(
                 RANGE_END_TAG: partition_key(last_window),
             },
             raise_on_error=False,
+            run_config=QUIET_LOGS,
         )
         return RunOutcome(
             success=result.success, run_id=result.run_id, failure=_first_failure(result)

@@ -19,9 +19,7 @@ from runhub_pipeline.resources.app_schema import migrate
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-PG_ADMIN_URL = os.environ.get(
-    "RUNHUB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+PG_ADMIN_URL = os.environ.get("RUNHUB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _server_available() -> str | None:

@@ -192,12 +192,6 @@ def ingest_windows(
                 run_model(connection, "raw_events", raw_table=raw_table, columns=columns)
                 connection.unregister("_source_batch")
                 counts[table] += batch.num_rows
-            run_model(
-                connection,
-                "ingest_ledger",
-                {**bounds, "source_table": table, "ingested_at": ingested_at},
-                raw_table=raw_table,
-            )
         for table, (raw_table, columns) in SNAPSHOT_SOURCES.items():
             run_model(connection, "raw_snapshot_delete", raw_table=raw_table)
             sql = source_select(app_db, table, columns, windowed=False)

@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from runhub_pipeline.assets.ingest import RAW_ASSET_KEYS, ensure_warehouse_schema
+from runhub_pipeline.assets.ingest import EVENT_SOURCES, RAW_ASSET_KEYS, ensure_warehouse_schema
 from runhub_pipeline.models import run_model
 from runhub_pipeline.resources.warehouse import WAREHOUSE_POOL, Warehouse, utc_now
 
@@ -49,6 +49,10 @@ def stage_windows(
             "change_seq": change_seq,
             "valid_timezones": valid_timezones(),
         }
+        for table, (raw_table, _) in EVENT_SOURCES.items():
+            run_model(
+                connection, "ingest_ledger", {**params, "source_table": table}, raw_table=raw_table
+            )
         run_model(connection, "stg_projects", params)
         run_model(connection, "stg_business_events", params)
         run_model(connection, "stg_analytics_events", params)

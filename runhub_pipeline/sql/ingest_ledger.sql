@@ -1,8 +1,9 @@
 -- ingest_ledger: one row per (source_table, 15-minute ingest window), grain (source_table,
--- window_start). Written when a window's raw rows are replaced: every window of
--- [$window_start, $window_end) gets its source row count, zero included, so the late-commit
--- sensor can compare counts and the watermark moves past empty windows. Staging fills in where
--- the rows went.
+-- window_start). Reset by staging, in the transaction that stages the windows: every window of
+-- [$window_start, $window_end) gets the count of raw rows read for it, zero included, so the
+-- late-commit sensor can compare counts and the watermark moves past empty windows; the staging
+-- models then fill in where the rows went. A run killed after ingest but before staging leaves
+-- the old ledger, whose counts no longer match the source, so the window is read again.
 
 delete from ingest_ledger
 where source_table = $source_table
@@ -19,7 +20,7 @@ select
     0 as staged,
     0 as duplicates,
     0 as quarantined,
-    $ingested_at as ingested_at,
+    $staged_at as ingested_at,
     null as staged_at
 from (
     select unnest(generate_series(
