@@ -1,0 +1,100 @@
+"""The Dagster instances: the embedded default (SQLite under DAGSTER_HOME) and the production
+`dagster.yaml` (dagster-postgres), both driven through Dagster's own CLI and API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from runhub_pipeline.orchestration import dagster_instance, execute_window_range
+from runhub_pipeline.settings import Settings
+from tests.factories import business_event, insert_rows, project, utc
+
+REPO = Path(__file__).resolve().parents[1]
+DAGSTER = str(Path(sys.executable).parent / "dagster")
+
+
+def test_definitions_load_through_dagsters_own_loader() -> None:
+    """`dagster dev` loads `[tool.dagster]`'s module; the same loader must accept it."""
+    result = subprocess.run(
+        [DAGSTER, "definitions", "validate"],
+        cwd=REPO,
+        env={**os.environ, "RUNHUB_HOME": "/tmp/runhub-validate"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_backfill_is_recorded_in_the_embedded_instance(sqlite_app_db, tmp_path: Path) -> None:
+    insert_rows(sqlite_app_db, "projects", [project("p1")])
+    at = utc("2026-03-01 10:01")
+    insert_rows(sqlite_app_db, "business_events", [business_event(1, "p1", "lead_created", at, at)])
+    settings = Settings.from_env(
+        {"RUNHUB_HOME": str(tmp_path), "RUNHUB_APP_DB_URL": sqlite_app_db.url}
+    )
+    outcome = execute_window_range(settings, utc("2026-03-01 10:00"), utc("2026-03-01 10:00"))
+    assert outcome.success, outcome.failure
+    with dagster_instance(settings) as instance:
+        run = instance.get_run_by_id(outcome.run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+        materialization = instance.get_latest_materialization_event(
+            dg.AssetKey("stg_business_events")
+        )
+        assert materialization is not None
+    assert (tmp_path / "dagster" / "dagster.yaml").exists()
+
+
+@pytest.mark.postgres
+def test_production_dagster_yaml_uses_postgres_storage(
+    postgres_database_factory: Callable[[], str], tmp_path: Path
+) -> None:
+    url = postgres_database_factory()
+    database = url.rsplit("/", 1)[1]
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": database,
+    }
+    result = subprocess.run(
+        [DAGSTER, "instance", "concurrency", "set", "warehouse", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    info = subprocess.run(
+        [DAGSTER, "instance", "info"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert info.returncode == 0, info.stderr
+    assert "PostgresRunStorage" in info.stdout
+    with psycopg.connect(url) as connection:
+        tables = {
+            row[0]
+            for row in connection.execute(
+                "select table_name from information_schema.tables where table_schema = 'public'"
+            )
+        }
+        limit = connection.execute(
+            'select "limit" from concurrency_limits where concurrency_key = %s', ("warehouse",)
+        ).fetchone()
+    assert {"runs", "event_logs"} <= tables
+    assert limit == (1,)
