@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql as pg_sql
 
 from runhub_pipeline.resources.app_db import AppDatabase, app_engine
 from runhub_pipeline.resources.app_schema import migrate
@@ -43,7 +44,7 @@ def postgres_database_factory() -> Iterator[Callable[[], str]]:
     def create() -> str:
         name = f"runhub_test_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-            connection.execute(f'create database "{name}"')
+            connection.execute(pg_sql.SQL("create database {}").format(pg_sql.Identifier(name)))
         created.append(name)
         return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
@@ -51,7 +52,11 @@ def postgres_database_factory() -> Iterator[Callable[[], str]]:
     app_engine.cache_clear()
     for name in created:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-            connection.execute(f'drop database if exists "{name}" with (force)')
+            connection.execute(
+                pg_sql.SQL("drop database if exists {} with (force)").format(
+                    pg_sql.Identifier(name)
+                )
+            )
 
 
 @pytest.fixture
