@@ -1,0 +1,149 @@
+"""`runhub` as a user runs it: a real subprocess, real databases, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from runhub_pipeline.resources.app_db import AppDatabase
+from runhub_pipeline.resources.app_schema import migrate, migration_files
+
+RUNHUB = str(Path(sys.executable).parent / "runhub")
+
+
+def runhub(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RUNHUB, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("runhub: error: "), lines[0]
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_init_is_idempotent_and_versioned(
+    dialect: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database_factory")()
+    env = {"RUNHUB_HOME": str(tmp_path / "home"), "RUNHUB_APP_DB_URL": url}
+    first = runhub("init", env=env)
+    assert first.returncode == 0, first.stderr
+    second = runhub("init", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to apply" in second.stdout
+    app_db = AppDatabase(url=url)
+    versions = [row[0] for row in app_db.fetch_all("select version from runhub_schema_migrations")]
+    assert sorted(versions) == [version for version, _, _ in migration_files()]
+    tables = set(sa.inspect(app_db.engine).get_table_names())
+    assert {
+        "projects",
+        "business_events",
+        "inhouse_analytics_events",
+        "workflow_runs",
+        "workflow_sends",
+        "inhouse_email_suppressions",
+        "inhouse_emails",
+        "business_kpi_daily",
+    } <= tables
+
+
+def test_init_never_alters_an_existing_app_table(sqlite_app_db: AppDatabase) -> None:
+    """In production the app owns its tables: an extra column the app added survives init."""
+    with sqlite_app_db.begin() as connection:
+        connection.execute(sa.text("alter table projects add column plan text"))
+        connection.execute(sa.text("delete from runhub_schema_migrations"))
+    migrate(sqlite_app_db)
+    columns = {c["name"] for c in sa.inspect(sqlite_app_db.engine).get_columns("projects")}
+    assert "plan" in columns
+
+
+def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
+    result = runhub(
+        "init",
+        env={
+            "RUNHUB_HOME": str(tmp_path),
+            "RUNHUB_APP_DB_URL": "postgresql://postgres:secret@127.0.0.1:1/nowhere",
+        },
+    )
+    assert_one_line_error(result, "127.0.0.1:1")
+    assert "secret" not in result.stderr
+
+
+def test_wrong_url_scheme_is_one_line(tmp_path: Path) -> None:
+    result = runhub("init", env={"RUNHUB_HOME": str(tmp_path), "RUNHUB_APP_DB_URL": "mysql://x/y"})
+    assert_one_line_error(result, "RUNHUB_APP_DB_URL")
+    assert result.returncode == 2
+
+
+def test_missing_sqlite_database_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    result = runhub(
+        "backfill",
+        "--start",
+        "2026-03-01T00:00Z",
+        "--end",
+        "2026-03-01T01:00Z",
+        env={"RUNHUB_HOME": str(home)},
+    )
+    assert_one_line_error(result, "runhub init")
+    assert not (home / "app.db").exists()
+    assert not (home / "warehouse.duckdb").exists()
+
+
+def test_unwritable_home_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = runhub("init", env={"RUNHUB_HOME": str(blocker / "home")})
+    assert_one_line_error(result, "not writable")
+
+
+def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
+    env = {"RUNHUB_HOME": str(tmp_path)}
+    assert runhub("init", env=env).returncode == 0
+    off_grid = runhub(
+        "backfill", "--start", "2026-03-01T00:07Z", "--end", "2026-03-01T01:00Z", env=env
+    )
+    assert_one_line_error(off_grid, "15-minute boundary")
+    backwards = runhub(
+        "backfill", "--start", "2026-03-02T00:00Z", "--end", "2026-03-01T00:00Z", env=env
+    )
+    assert_one_line_error(backwards, "after --start")
+    bad_time = runhub("backfill", "--start", "yesterday", "--end", "2026-03-01T00:00Z", env=env)
+    assert bad_time.returncode == 2 and "ISO-8601" in bad_time.stderr
+    bad_setting = runhub("init", env={**env, "RUNHUB_INGEST_LAG": "soon"})
+    assert_one_line_error(bad_setting, "RUNHUB_INGEST_LAG")
+
+
+def test_backfill_reports_a_failed_run_in_one_line(
+    sqlite_app_db: AppDatabase, tmp_path: Path
+) -> None:
+    """A run that fails (here: the app database vanished) ends non-zero with the failing step."""
+    env = {"RUNHUB_HOME": str(tmp_path / "home"), "RUNHUB_APP_DB_URL": sqlite_app_db.url}
+    with sqlite_app_db.begin() as connection:
+        connection.execute(sa.text("drop table inhouse_analytics_events"))
+    result = runhub(
+        "backfill", "--start", "2026-03-01T00:00Z", "--end", "2026-03-01T00:15Z", env=env
+    )
+    assert result.returncode == 1
+    assert "failed" in result.stderr.strip().splitlines()[-1]
