@@ -37,9 +37,11 @@ def plan_ingest(
             row = connection.execute(
                 "select max(window_start) + interval 15 minutes from ingest_ledger"
             ).fetchone()
-            watermark = row[0] if row else None
+            watermark: datetime | None = row[0] if row else None
             since = watermark - settings.late_lookback if watermark else None
-            ledger = ledger_window_counts(connection, since, watermark) if watermark else {}
+            ledger = (
+                ledger_window_counts(connection, since, watermark) if watermark and since else {}
+            )
     except WarehouseNotBuiltError:
         watermark, since, ledger = None, None, {}
     first_due = watermark or settings.partitions_start

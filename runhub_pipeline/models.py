@@ -37,7 +37,7 @@ def render_model(name: str, **shape: Any) -> str:
     return _ENV.from_string(model_source(name)).render(**{"dialect": "duckdb", **shape})
 
 
-def split_statements(sql: str, dialect: str = "duckdb") -> list[exp.Expression]:
+def split_statements(sql: str, dialect: str = "duckdb") -> list[exp.Expr]:
     """Parse a rendered model into its statements; raises sqlglot.ParseError if it is invalid."""
     return [statement for statement in sqlglot.parse(sql, read=dialect) if statement is not None]
 

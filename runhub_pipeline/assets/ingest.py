@@ -261,10 +261,10 @@ def source_window_counts(
     rows = app_db.fetch_all(
         sql, {"since": window_bound(app_db, since), "until": window_bound(app_db, until)}
     )
-    return {
-        (table, datetime.fromisoformat(key).replace(tzinfo=UTC)): int(count)
-        for table, key, count in rows
-    }
+    counts: dict[tuple[str, datetime], int] = {}
+    for table, key, count in (tuple(row) for row in rows):
+        counts[(table, datetime.fromisoformat(key).replace(tzinfo=UTC))] = int(count)
+    return counts
 
 
 def ledger_window_counts(

@@ -75,7 +75,7 @@ def app_engine(url: str) -> Engine:
     return engine
 
 
-class AppDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
+class AppDatabase(dg.ConfigurableResource):
     """The Run Hub app database, source of raw events and target of the served KPIs."""
 
     url: str

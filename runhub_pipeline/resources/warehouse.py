@@ -82,7 +82,7 @@ def publish_snapshot(source: Path, published: Path) -> None:
     os.replace(temporary, published)
 
 
-class Warehouse(dg.ConfigurableResource):  # type: ignore[type-arg]
+class Warehouse(dg.ConfigurableResource):
     """The analyst warehouse at `path` (read-only snapshot) and its private writer file."""
 
     path: str
