@@ -9,8 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from runhub_pipeline.assets.ingest import ingest_windows
-from runhub_pipeline.assets.staging import stage_windows
+from runhub_pipeline.assets.staging import ingest_and_stage as stage_in_one_transaction
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse
 
@@ -114,8 +113,7 @@ def ingest_and_stage(
 ) -> None:
     """Run the ingest and staging layers for [start, end) without Dagster."""
     with warehouse.writer() as connection:
-        ingest_windows(app_db, connection, start, end, FIXED_NOW)
-        stage_windows(connection, start, end, FIXED_NOW)
+        stage_in_one_transaction(app_db, connection, start, end, FIXED_NOW)
 
 
 def warehouse_at(tmp_path: Path) -> Warehouse:

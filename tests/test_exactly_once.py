@@ -27,7 +27,8 @@ END = START + WINDOWS * WINDOW
 
 # Bookkeeping that records history by design, not state (see README, "Exactly once").
 HISTORY_TABLES = {"stg_changes", "mart_progress", "platform_success_metrics"}
-TIME_OF_WRITE_COLUMNS = {"updated_at", "ingested_at", "staged_at"}
+# last_rollup_at is MAX(updated_at) of the served rows (CONTRACT §5): a time of write too.
+TIME_OF_WRITE_COLUMNS = {"updated_at", "ingested_at", "staged_at", "last_rollup_at"}
 
 
 def settings_for(app_db: AppDatabase, home: Path) -> Settings:

@@ -10,7 +10,6 @@ transaction.
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import dagster as dg
 import duckdb
@@ -19,7 +18,6 @@ import pyarrow as pa
 
 from runhub_pipeline.models import render_model, run_model, statements_of
 from runhub_pipeline.resources.app_db import AppDatabase
-from runhub_pipeline.resources.warehouse import WAREHOUSE_POOL, Warehouse, utc_now
 
 # Per source table: (warehouse raw table, columns after id/received_at). Constants, never input.
 EVENT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -172,37 +170,30 @@ def ingest_windows(
     connection: duckdb.DuckDBPyConnection,
     window_start: datetime,
     window_end: datetime,
-    ingested_at: datetime,
 ) -> IngestResult:
     """Replace the raw rows of `[window_start, window_end)` and the app-table snapshots.
 
-    The caller holds the warehouse writer; this runs in one transaction, so a crash leaves the
-    previous rows of every window whole.
+    Runs inside the caller's transaction (`staging.ingest_and_stage`, which stages what this
+    read), so a crash leaves the previous rows of every window whole.
     """
     ensure_warehouse_schema(connection)
     bounds = {"window_start": window_start, "window_end": window_end}
     counts: dict[str, int] = {}
-    connection.execute("begin")
-    try:
-        for table, (raw_table, columns) in EVENT_SOURCES.items():
-            run_model(connection, "raw_events_delete", bounds, raw_table=raw_table)
-            counts[table] = 0
-            for batch in _batches(app_db, table, columns, window_start, window_end):
-                connection.register("_source_batch", batch)
-                run_model(connection, "raw_events", raw_table=raw_table, columns=columns)
-                connection.unregister("_source_batch")
-                counts[table] += batch.num_rows
-        for table, (raw_table, columns) in SNAPSHOT_SOURCES.items():
-            run_model(connection, "raw_snapshot_delete", raw_table=raw_table)
-            sql = source_select(app_db, table, columns, windowed=False)
-            for batch in app_db.arrow_batches(sql):
-                connection.register("_source_batch", batch)
-                run_model(connection, "raw_snapshot", raw_table=raw_table, columns=columns)
-                connection.unregister("_source_batch")
-        connection.execute("commit")
-    except BaseException:
-        connection.execute("rollback")
-        raise
+    for table, (raw_table, columns) in EVENT_SOURCES.items():
+        run_model(connection, "raw_events_delete", bounds, raw_table=raw_table)
+        counts[table] = 0
+        for batch in _batches(app_db, table, columns, window_start, window_end):
+            connection.register("_source_batch", batch)
+            run_model(connection, "raw_events", raw_table=raw_table, columns=columns)
+            connection.unregister("_source_batch")
+            counts[table] += batch.num_rows
+    for table, (raw_table, columns) in SNAPSHOT_SOURCES.items():
+        run_model(connection, "raw_snapshot_delete", raw_table=raw_table)
+        sql = source_select(app_db, table, columns, windowed=False)
+        for batch in app_db.arrow_batches(sql):
+            connection.register("_source_batch", batch)
+            run_model(connection, "raw_snapshot", raw_table=raw_table, columns=columns)
+            connection.unregister("_source_batch")
     windows = int((window_end - window_start).total_seconds() // 900)
     return IngestResult(source_rows=counts, windows=windows)
 
@@ -212,7 +203,7 @@ RAW_ASSET_KEYS = (
     *(raw_table for raw_table, _ in SNAPSHOT_SOURCES.values()),
 )
 
-_RAW_DESCRIPTIONS = {
+RAW_DESCRIPTIONS = {
     "raw_business_events": "Source business_events rows as read, grain id, bucketed by received_at"
     " into 15-minute ingest windows; every column but id and received_at as text.",
     "raw_analytics_events": "Source inhouse_analytics_events rows as read, grain id, bucketed by"
@@ -221,36 +212,31 @@ _RAW_DESCRIPTIONS = {
     "raw_workflow_runs": "Snapshot of the app's workflow_runs table, grain id, re-read each run.",
     "raw_inhouse_emails": "Snapshot of the app's inhouse_emails table, grain id, re-read each run.",
 }
+RAW_SOURCES = {
+    **{raw_table: table for table, (raw_table, _) in EVENT_SOURCES.items()},
+    **{raw_table: table for table, (raw_table, _) in SNAPSHOT_SOURCES.items()},
+}
 
 
-def build_ingest_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The ingest layer: one multi-asset that reads the app database for a window range."""
+# The app tables the pipeline reads, shown in the asset graph as external sources.
+APP_SOURCE_DESCRIPTIONS = {
+    "business_events": "App table of business events (PostgreSQL or SQLite), read by received_at.",
+    "inhouse_analytics_events": "App table of in-house analytics events, read by received_at.",
+    "projects": "App table of projects: time zone, currency, locale, digest settings.",
+    "workflow_runs": "App table of workflow runs (queued by the app or by the send sensors).",
+    "inhouse_emails": "App table of e-mails sent by the platform (daily digests and others).",
+}
 
-    @dg.multi_asset(
-        name="ingest_app_database",
-        specs=[
-            dg.AssetSpec(key, description=_RAW_DESCRIPTIONS[key], group_name="ingest")
-            for key in RAW_ASSET_KEYS
-        ],
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=WAREHOUSE_POOL,
-    )
-    def ingest_app_database(
-        context: dg.AssetExecutionContext, app_db: AppDatabase, warehouse: Warehouse
-    ) -> Iterator[dg.MaterializeResult]:
-        window = context.partition_time_window
-        with warehouse.writer() as connection:
-            result = ingest_windows(app_db, connection, window.start, window.end, utc_now())
-        for key in RAW_ASSET_KEYS:
-            metadata: dict[str, Any] = {"windows": result.windows}
-            if key == "raw_business_events":
-                metadata["source_rows"] = result.source_rows["business_events"]
-            if key == "raw_analytics_events":
-                metadata["source_rows"] = result.source_rows["inhouse_analytics_events"]
-            yield dg.MaterializeResult(asset_key=key, metadata=metadata)
 
-    return [ingest_app_database]
+def app_source_key(table: str) -> dg.AssetKey:
+    return dg.AssetKey(["app", table])
+
+
+def app_source_specs() -> list[dg.AssetSpec]:
+    return [
+        dg.AssetSpec(app_source_key(table), description=description, group_name="app_database")
+        for table, description in APP_SOURCE_DESCRIPTIONS.items()
+    ]
 
 
 def source_window_counts(

@@ -13,9 +13,20 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from runhub_pipeline.assets.ingest import EVENT_SOURCES, RAW_ASSET_KEYS, ensure_warehouse_schema
+from runhub_pipeline.assets.ingest import (
+    EVENT_SOURCES,
+    RAW_ASSET_KEYS,
+    RAW_DESCRIPTIONS,
+    RAW_SOURCES,
+    IngestResult,
+    app_source_key,
+    app_source_specs,
+    ensure_warehouse_schema,
+    ingest_windows,
+)
 from runhub_pipeline.models import run_model
-from runhub_pipeline.resources.warehouse import WAREHOUSE_POOL, Warehouse, utc_now
+from runhub_pipeline.resources.app_db import AppDatabase
+from runhub_pipeline.resources.warehouse import WAREHOUSE_POOL, Warehouse, transaction, utc_now
 
 
 def valid_timezones() -> list[str]:
@@ -36,32 +47,43 @@ def stage_windows(
     window_end: datetime,
     staged_at: datetime,
 ) -> StagingResult:
-    """Normalize, quarantine and dedupe the raw rows of the windows into the staging tables."""
+    """Normalize, quarantine and dedupe the raw rows of the windows into the staging tables.
+
+    Runs inside the caller's transaction (see `ingest_and_stage`).
+    """
     ensure_warehouse_schema(connection)
-    connection.execute("begin")
-    try:
-        row = connection.execute("select coalesce(max(change_seq), 0) + 1 from stg_changes")
-        change_seq = int(row.fetchone()[0])  # type: ignore[index]
-        params = {
-            "window_start": window_start,
-            "window_end": window_end,
-            "staged_at": staged_at,
-            "change_seq": change_seq,
-            "valid_timezones": valid_timezones(),
-        }
-        for table, (raw_table, _) in EVENT_SOURCES.items():
-            run_model(
-                connection, "ingest_ledger", {**params, "source_table": table}, raw_table=raw_table
-            )
-        run_model(connection, "stg_projects", params)
-        run_model(connection, "stg_business_events", params)
-        run_model(connection, "stg_analytics_events", params)
-        result = _staging_summary(connection, window_start, window_end, change_seq)
-        connection.execute("commit")
-    except BaseException:
-        connection.execute("rollback")
-        raise
-    return result
+    row = connection.execute("select coalesce(max(change_seq), 0) + 1 from stg_changes")
+    change_seq = int(row.fetchone()[0])  # type: ignore[index]
+    params = {
+        "window_start": window_start,
+        "window_end": window_end,
+        "staged_at": staged_at,
+        "change_seq": change_seq,
+        "valid_timezones": valid_timezones(),
+    }
+    for table, (raw_table, _) in EVENT_SOURCES.items():
+        run_model(
+            connection, "ingest_ledger", {**params, "source_table": table}, raw_table=raw_table
+        )
+    run_model(connection, "stg_projects", params)
+    run_model(connection, "stg_business_events", params)
+    run_model(connection, "stg_analytics_events", params)
+    return _staging_summary(connection, window_start, window_end, change_seq)
+
+
+def ingest_and_stage(
+    app_db: AppDatabase,
+    connection: duckdb.DuckDBPyConnection,
+    window_start: datetime,
+    window_end: datetime,
+    staged_at: datetime,
+) -> tuple[IngestResult, StagingResult]:
+    """Read the windows from the app database and stage them, in one transaction: a crash at
+    any point leaves every window as it was, never read-but-not-staged."""
+    with transaction(connection):
+        ingested = ingest_windows(app_db, connection, window_start, window_end)
+        staged = stage_windows(connection, window_start, window_end, staged_at)
+    return ingested, staged
 
 
 def _staging_summary(
@@ -83,7 +105,12 @@ def _staging_summary(
     )
 
 
+# Only the staged event tables are partitioned by window: Dagster records one materialization per
+# partition and asset key, and on the embedded SQLite instance each costs ~15 ms, so a 14-day
+# backfill would spend minutes on bookkeeping per extra partitioned key (README, "Partitions").
+PARTITIONED_KEYS = ("stg_business_events", "stg_analytics_events")
 STAGING_ASSET_KEYS = (
+    *RAW_ASSET_KEYS,
     "stg_projects",
     "stg_business_events",
     "stg_analytics_events",
@@ -92,6 +119,7 @@ STAGING_ASSET_KEYS = (
 )
 
 _STAGING_DESCRIPTIONS = {
+    **RAW_DESCRIPTIONS,
     "stg_projects": "Projects with validated time zone (invalid → UTC, flagged), normalized locale"
     " and owner e-mail; grain project_id.",
     "stg_business_events": "Normalized business events that passed quarantine, the earliest"
@@ -105,37 +133,55 @@ _STAGING_DESCRIPTIONS = {
     " and quarantined; source_rows = staged + duplicates + quarantined.",
 }
 
+_UPSTREAM = {
+    **{raw: [app_source_key(table)] for raw, table in RAW_SOURCES.items()},
+    "stg_projects": [dg.AssetKey("raw_projects")],
+    "stg_business_events": [dg.AssetKey("raw_business_events"), dg.AssetKey("stg_projects")],
+    "stg_analytics_events": [dg.AssetKey("raw_analytics_events"), dg.AssetKey("stg_projects")],
+    "quarantined_events": [dg.AssetKey("raw_business_events"), dg.AssetKey("raw_analytics_events")],
+    "ingest_ledger": [dg.AssetKey("raw_business_events"), dg.AssetKey("raw_analytics_events")],
+}
 
-def build_staging_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+
+def build_staging_assets(
+    partitions: dg.PartitionsDefinition,
+) -> list[dg.AssetsDefinition | dg.AssetSpec]:
+    """Ingest and staging: one step that reads a window range and stages it atomically."""
+
     @dg.multi_asset(
-        name="stage_events",
+        name="ingest_and_stage",
         specs=[
             dg.AssetSpec(
                 key,
                 description=_STAGING_DESCRIPTIONS[key],
-                group_name="staging",
-                deps=list(RAW_ASSET_KEYS),
+                group_name="ingest" if key in RAW_ASSET_KEYS else "staging",
+                deps=_UPSTREAM[key],
+                partitions_def=partitions if key in PARTITIONED_KEYS else None,
             )
             for key in STAGING_ASSET_KEYS
         ],
-        partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
     )
-    def stage_events(
-        context: dg.AssetExecutionContext, warehouse: Warehouse
+    def ingest_and_stage_asset(
+        context: dg.AssetExecutionContext, app_db: AppDatabase, warehouse: Warehouse
     ) -> Iterator[dg.MaterializeResult]:
         window = context.partition_time_window
         with warehouse.writer() as connection:
-            result = stage_windows(connection, window.start, window.end, utc_now())
+            ingested, staged = ingest_and_stage(
+                app_db, connection, window.start, window.end, utc_now()
+            )
         summary: dict[str, Any] = {
-            "staged_business_events": result.staged.get("business_events", 0),
-            "staged_analytics_events": result.staged.get("inhouse_analytics_events", 0),
-            "duplicates": result.duplicates,
-            "quarantined": sum(result.quarantined.values()),
-            "changed_events": result.changed_events,
+            "windows": ingested.windows,
+            "source_business_events": ingested.source_rows["business_events"],
+            "source_analytics_events": ingested.source_rows["inhouse_analytics_events"],
+            "staged_business_events": staged.staged.get("business_events", 0),
+            "staged_analytics_events": staged.staged.get("inhouse_analytics_events", 0),
+            "duplicates": staged.duplicates,
+            "quarantined": sum(staged.quarantined.values()),
+            "changed_events": staged.changed_events,
         }
         for key in STAGING_ASSET_KEYS:
             yield dg.MaterializeResult(asset_key=key, metadata=summary)
 
-    return [stage_events]
+    return [*app_source_specs(), ingest_and_stage_asset]

@@ -82,6 +82,18 @@ def publish_snapshot(source: Path, published: Path) -> None:
     os.replace(temporary, published)
 
 
+@contextmanager
+def transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One DuckDB transaction: committed when the block ends, rolled back if it raises."""
+    connection.execute("begin")
+    try:
+        yield
+    except BaseException:
+        connection.execute("rollback")
+        raise
+    connection.execute("commit")
+
+
 class Warehouse(dg.ConfigurableResource):
     """The analyst warehouse at `path` (read-only snapshot) and its private writer file."""
 
