@@ -15,6 +15,7 @@ from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse, WarehouseNotBuiltError, utc_now
 from runhub_pipeline.settings import WINDOW, Settings, floor_to_window
+from runhub_pipeline.watermark import current_watermark
 
 INGEST_SENSOR = "ingest_sensor"
 
@@ -34,10 +35,7 @@ def plan_ingest(
     last_due = floor_to_window(now - settings.ingest_lag) - WINDOW
     try:
         with warehouse.reader() as connection:
-            row = connection.execute(
-                "select max(window_start) + interval 15 minutes from ingest_ledger"
-            ).fetchone()
-            watermark: datetime | None = row[0] if row else None
+            watermark = current_watermark(connection)
             since = watermark - settings.late_lookback if watermark else None
             ledger = (
                 ledger_window_counts(connection, since, watermark) if watermark and since else {}
