@@ -6,7 +6,7 @@ select
     c.project_id,
     count(*) as abandoned,
     max(
-        greatest(c.started_at + to_seconds($abandoned_after_seconds), e.received_at)
+        greatest(c.started_at + $abandoned_after, e.received_at)
     ) as newest_visible_at
 from fct_checkouts as c
 join stg_business_events as e on e.event_id = c.checkout_event_id

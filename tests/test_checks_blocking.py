@@ -1,0 +1,227 @@
+"""Blocking checks in real Dagster runs: a failure holds back the publish and the sends.
+
+The pipeline is the real one (ingest, staging, marts, serving); the only change is a quarantine
+threshold that judges windows from one source row, so one bad source row is an ERROR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from runhub_pipeline.assets.serving import SERVED_KPI_ASSET
+from runhub_pipeline.checks import names, structural
+from runhub_pipeline.checks.core import CheckEnv, Outcome, Thresholds
+from runhub_pipeline.checks.definitions import build_checks, check_rules
+from runhub_pipeline.checks.status import blocking_checks_gate
+from runhub_pipeline.checks.summary import check_history, check_summary
+from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
+from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition_key
+from runhub_pipeline.resources.app_db import AppDatabase
+from runhub_pipeline.settings import Settings
+from tests.factories import analytics_event, business_event, insert_rows, project, utc
+
+pytestmark = pytest.mark.slow
+
+W0 = utc("2026-03-04 10:00")
+W1 = utc("2026-03-04 10:15")
+W2 = utc("2026-03-04 10:30")
+
+
+def _good_rows(app_db: AppDatabase, first_id: int, at: Any) -> None:
+    insert_rows(
+        app_db,
+        "business_events",
+        [
+            business_event(first_id, "p1", "checkout_started", at, at, session_id="s1"),
+            business_event(
+                first_id + 1,
+                "p1",
+                "payment_succeeded",
+                at,
+                at,
+                session_id="s1",
+                amount_cents=900,
+                currency="USD",
+            ),
+        ],
+    )
+    insert_rows(
+        app_db,
+        "inhouse_analytics_events",
+        [analytics_event(first_id, "p1", "page_view", "s1", at, at)],
+    )
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    settings: Settings
+    definitions: dg.Definitions
+    instance: dg.DagsterInstance
+
+    def rebuilt(self) -> dg.Definitions:
+        """The same pipeline, its checks built again from the current rule registry."""
+        return _definitions(self.settings)
+
+
+def _definitions(settings: Settings) -> dg.Definitions:
+    base = build_definitions(settings)
+    return dg.Definitions(
+        assets=base.assets,
+        asset_checks=build_checks(settings, base.assets or [], Thresholds(quarantine_min_rows=1)),
+        jobs=base.jobs,
+        resources=base.resources,
+        executor=base.executor,
+    )
+
+
+@pytest.fixture
+def pipeline(sqlite_app_db: AppDatabase, tmp_path: Path) -> Iterator[Pipeline]:
+    """Source rows: W0 good, W1 one row of an unknown project, W2 good."""
+    insert_rows(sqlite_app_db, "projects", [project("p1")])
+    _good_rows(sqlite_app_db, 1, utc("2026-03-04 10:01"))
+    at = utc("2026-03-04 10:16")
+    insert_rows(
+        sqlite_app_db, "business_events", [business_event(10, "ghost", "lead_created", at, at)]
+    )
+    _good_rows(sqlite_app_db, 20, utc("2026-03-04 10:31"))
+    settings = Settings.from_env(
+        {
+            "RUNHUB_HOME": str(tmp_path / "home"),
+            "RUNHUB_APP_DB_URL": sqlite_app_db.url,
+            "RUNHUB_PARTITIONS_START": "2026-03-04T00:00Z",
+        }
+    )
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        yield Pipeline(settings, _definitions(settings), instance)
+
+
+def _run(
+    definitions: dg.Definitions, instance: Any, first: Any, last: Any, job: str = WINDOW_JOB
+) -> dg.ExecuteInProcessResult:
+    return definitions.resolve_job_def(job).execute_in_process(
+        instance=instance,
+        tags={RANGE_START_TAG: partition_key(first), RANGE_END_TAG: partition_key(last)},
+        raise_on_error=False,
+    )
+
+
+def _materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {
+        e.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+        if e.asset_key
+    }
+
+
+def _served(app_db: AppDatabase) -> list[tuple[Any, ...]]:
+    return [
+        tuple(r)
+        for r in app_db.fetch_all("select * from business_kpi_daily order by project_id, day")
+    ]
+
+
+def test_a_blocking_failure_holds_back_publish_and_sends(
+    pipeline: Pipeline, sqlite_app_db: AppDatabase
+) -> None:
+    definitions, instance = pipeline.definitions, pipeline.instance
+
+    first = _run(definitions, instance, W0, W0)
+    assert first.success
+    assert SERVED_KPI_ASSET in _materialized(first)
+    served = _served(sqlite_app_db)
+    assert len(served) == 1
+    gate = blocking_checks_gate(instance, definitions)
+    assert gate.ok and gate.state == "passed", gate.reason()
+
+    second = _run(definitions, instance, W1, W1)
+    assert not second.success
+    materialized = _materialized(second)
+    assert names.QUARANTINED_EVENTS in materialized
+    assert names.BUSINESS_KPI_DAILY not in materialized
+    assert SERVED_KPI_ASSET not in materialized
+    assert _served(sqlite_app_db) == served
+    gate = blocking_checks_gate(instance, definitions)
+    assert gate.state == "blocked" and not gate.ok
+    assert "quarantined_events:quarantine_share" in gate.reason()
+    # The marts kept their checked data of the first run: only the failed check blocks.
+    assert [p.check for p in gate.problems] == ["quarantined_events:quarantine_share"]
+    summary = check_summary(instance, definitions)
+    assert summary.failed == 1
+    assert summary.skipped > 0  # the marts' checks, not evaluated in the failed run
+    assert summary.problems[0].startswith("ERROR quarantined_events:quarantine_share")
+
+    third = _run(definitions, instance, W2, W2)
+    assert third.success
+    assert SERVED_KPI_ASSET in _materialized(third)
+    assert _served(sqlite_app_db) != served
+    assert blocking_checks_gate(instance, definitions).ok
+
+    history = check_history(instance, names.QUARANTINED_EVENTS, names.QUARANTINE_SHARE)
+    assert [h.outcome for h in history] == ["passed", "failed", "passed"]
+    assert [h.run_id for h in history] == [third.run_id, second.run_id, first.run_id]
+    assert history[1].metadata["windows_over_error"] == 1
+
+
+def test_a_blocking_failure_of_any_mart_holds_back_the_publish(
+    pipeline: Pipeline, sqlite_app_db: AppDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All marts are built in one step and checked in one op: a failed blocking check of
+    digest_metrics holds back the publish of business_kpi_daily too."""
+
+    def broken(env: CheckEnv, rules: structural.TableRules) -> Outcome:
+        return Outcome(False, f"{rules.table}: rates out of range")
+
+    monkeypatch.setattr(structural, "rates_in_range", broken)
+    check_rules.cache_clear()
+    try:
+        definitions = pipeline.rebuilt()
+    finally:
+        check_rules.cache_clear()
+    result = _run(definitions, pipeline.instance, W0, W0)
+    assert not result.success
+    assert names.DIGEST_METRICS in _materialized(result)
+    assert SERVED_KPI_ASSET not in _materialized(result)
+    assert _served(sqlite_app_db) == []
+    gate = blocking_checks_gate(pipeline.instance, definitions)
+    assert [p.check for p in gate.problems] == ["digest_metrics:rates_in_range"]
+
+
+def test_a_range_run_checks_the_whole_range(pipeline: Pipeline, sqlite_app_db: AppDatabase) -> None:
+    definitions, instance = pipeline.definitions, pipeline.instance
+    result = _run(definitions, instance, W0, W2)
+    assert not result.success
+    assert SERVED_KPI_ASSET not in _materialized(result)
+    assert _served(sqlite_app_db) == []
+    (latest,) = check_history(instance, names.QUARANTINED_EVENTS, names.QUARANTINE_SHARE)
+    assert latest.outcome == "failed"
+    assert latest.metadata["scope"] == "windows [2026-03-04 10:00, 2026-03-04 10:45) UTC"
+    assert "| business_events | 2026-03-04T10:15:00+00:00 | 1 | 1 |" in latest.metadata["sample"]
+    assert blocking_checks_gate(instance, definitions).state == "blocked"
+
+
+def test_data_not_checked_yet_keeps_the_gate_closed(
+    pipeline: Pipeline,
+) -> None:
+    definitions, instance = pipeline.definitions, pipeline.instance
+    assert _run(definitions, instance, W0, W0).success
+    unchecked = dg.define_asset_job(
+        "materialize_without_checks",
+        selection=dg.AssetSelection.all() - dg.AssetSelection.all_asset_checks(),
+        partitions_def=definitions.resolve_job_def(WINDOW_JOB).partitions_def,
+    )
+    with_unchecked = dg.Definitions.merge(definitions, dg.Definitions(jobs=[unchecked]))
+    assert _run(with_unchecked, instance, W2, W2, job="materialize_without_checks").success
+    gate = blocking_checks_gate(instance, definitions)
+    assert gate.state == "pending"
+    assert "latest data not evaluated yet" in gate.reason()
+    assert (
+        blocking_checks_gate(instance, definitions, tables=[names.PLATFORM_SUCCESS_METRICS]).state
+        == "pending"
+    )
