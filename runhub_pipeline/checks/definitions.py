@@ -5,16 +5,15 @@ read-only snapshot connection. A blocking check that fails with ERROR severity f
 Dagster then skips every asset downstream of the table in the same run (the marts, the serving
 publish). The send sensors learn of it through `checks.status`.
 
-The checks share the partitions of their assets, so the normal 15-minute run records one
-evaluation per window (Dagster 1.13 calls partitioned checks a preview). Each check reads the
-run's window range from `context.partition_time_window`, which spans the whole range of a
-single-run backfill, and checks that range; Dagster records a range run's evaluation without a
-partition (and leaves its per-window "planned" rows unresolved), which `status` and `summary`
-account for.
+The checks are not partitioned: the window job runs every window range, even a single window,
+as a range run (range tags), and Dagster 1.13 records the evaluations of such a run without a
+partition whether or not the check is partitioned (partitioned checks are a preview). Each check
+reads the run's window range from `context.partition_time_window`, which spans the whole range of
+a single-run backfill, and checks that range. Dagster also leaves one "planned" execution row per
+window of a range run unresolved beside the evaluation; `status` and `summary` skip over them.
 """
 
 import functools
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -229,7 +228,6 @@ class CheckGroup:
 
     name: str
     tables: Sequence[str]
-    partitions_def: dg.PartitionsDefinition | None = None
 
 
 def build_checks(
@@ -243,11 +241,7 @@ def build_checks(
     connection: a step costs Dagster half a second, and the tables are published together anyway.
     """
     groups = [
-        CheckGroup(
-            assets_def.node_def.name,
-            [key.to_user_string() for key in assets_def.keys],
-            assets_def.partitions_def,
-        )
+        CheckGroup(assets_def.node_def.name, [key.to_user_string() for key in assets_def.keys])
         for assets_def in assets
         if isinstance(assets_def, dg.AssetsDefinition) and assets_def.is_executable
     ]
@@ -270,19 +264,12 @@ def _check_op(
     group: CheckGroup, rules: list[CheckRule], options: CheckOptions
 ) -> dg.AssetChecksDefinition:
     by_key = {rule.key: rule for rule in rules}
-    with warnings.catch_warnings():
-        # Partitioned checks are a preview in Dagster 1.13; see the module docstring for why.
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        specs = [
-            dg.AssetCheckSpec(
-                rule.name,
-                asset=rule.table,
-                blocking=rule.blocking,
-                description=rule.description,
-                partitions_def=group.partitions_def,
-            )
-            for rule in rules
-        ]
+    specs = [
+        dg.AssetCheckSpec(
+            rule.name, asset=rule.table, blocking=rule.blocking, description=rule.description
+        )
+        for rule in rules
+    ]
 
     @dg.multi_asset_check(
         name=f"check_{group.name}",
@@ -297,7 +284,7 @@ def _check_op(
         with warehouse.reader() as connection:
             env = CheckEnv(
                 connection=connection,
-                scope=_scope(context, connection, options),
+                scope=_scope(context, connection, options, group.tables),
                 options=options,
                 app_db=app_db,
                 run_id=context.run.run_id,
@@ -323,12 +310,13 @@ def evaluate_safely(rule: CheckRule, env: CheckEnv) -> Outcome:
 
 
 def _scope(
-    context: dg.AssetCheckExecutionContext, connection: Any, options: CheckOptions
+    context: dg.AssetCheckExecutionContext,
+    connection: Any,
+    options: CheckOptions,
+    tables: Iterable[str],
 ) -> CheckScope:
     now = utc_now()
-    record = context.instance.get_run_record_by_id(context.run.run_id)
-    start_time = record.start_time if record is not None else None
-    started = datetime.fromtimestamp(start_time, UTC) if start_time else now
+    started = _written_since(context, tables) or now
     if context.has_partition_key or context.has_partition_key_range:
         window = context.partition_time_window
         return CheckScope(window.start, window.end, started, now)
@@ -336,6 +324,24 @@ def _scope(
     row = connection.execute("select max(window_start) from ingest_ledger").fetchone()
     end = row[0].astimezone(UTC) + WINDOW if row and row[0] else floor_to_window(now)
     return CheckScope(end - options.late_lookback, end, started, now)
+
+
+def _written_since(
+    context: dg.AssetCheckExecutionContext, tables: Iterable[str]
+) -> datetime | None:
+    """When the rows under check were written: the start of this run, or of the run that last
+    materialized the tables if that started earlier (a check-only run re-checks its rows)."""
+    instance = context.instance
+    run_ids = {context.run.run_id}
+    for table in tables:
+        latest = instance.fetch_materializations(dg.AssetKey(table), limit=1).records
+        run_ids.update(record.run_id for record in latest)
+    starts = []
+    for run_id in run_ids:
+        record = instance.get_run_record_by_id(run_id)
+        if record is not None and record.start_time:
+            starts.append(record.start_time)
+    return datetime.fromtimestamp(min(starts), UTC) if starts else None
 
 
 def _result(rule: CheckRule, outcome: Outcome) -> dg.AssetCheckResult:

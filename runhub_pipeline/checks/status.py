@@ -167,4 +167,5 @@ def _targets(evaluation: dg.AssetCheckEvaluation, record: Any, materialization: 
     target = evaluation.target_materialization_data
     if target is not None:
         return bool(target.storage_id == materialization.storage_id)
-    return bool(record.create_timestamp >= materialization.timestamp)
+    # Dagster finds no target when a single-partition run checks an unpartitioned table.
+    return bool(record.event is not None and record.event.timestamp >= materialization.timestamp)
