@@ -28,8 +28,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = fifteen_minute_partitions(settings.partitions_start)
     assets = [
         *build_staging_assets(partitions),
-        *build_mart_assets(partitions),
-        *build_serving_assets(partitions),
+        *build_mart_assets(),
+        *build_serving_assets(),
     ]
     window_job = dg.define_asset_job(
         WINDOW_JOB,

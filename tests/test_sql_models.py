@@ -17,8 +17,6 @@ from runhub_pipeline.assets.marts import MART_MODELS, PLATFORM_METRICS, build_ma
 from runhub_pipeline.assets.serving import SERVED_KPI_ASSET, build_serving_assets
 from runhub_pipeline.lineage import column_dependencies, model_table_schema
 from runhub_pipeline.models import model_source, render_model, statements_of, transpile
-from runhub_pipeline.partitions import fifteen_minute_partitions
-from tests.factories import utc
 
 MODELS = (*MART_MODELS, PLATFORM_METRICS)
 
@@ -116,18 +114,16 @@ def test_lineage_follows_the_sql() -> None:
     assert checkout_deps["recovered_by_run_id"] == [("stg_business_events", "payload")]
 
 
-def test_assets_carry_schema_lineage_and_single_run_backfills() -> None:
-    partitions = fifteen_minute_partitions(utc("2026-01-01 00:00"))
-    assets = [*build_mart_assets(partitions), *build_serving_assets(partitions)]
+def test_assets_carry_schema_and_lineage() -> None:
+    assets = [*build_mart_assets(), *build_serving_assets()]
     specs = {spec.key.to_user_string(): spec for a in assets for spec in a.specs}
     assert set(specs) == {*MODELS, SERVED_KPI_ASSET}
     for key, spec in specs.items():
         assert spec.description and "grain" in spec.description, key
         assert isinstance(spec.metadata["dagster/column_schema"], dg.TableSchema)
         assert isinstance(spec.metadata["dagster/column_lineage"], dg.TableColumnLineage)
-        assert spec.partitions_def == partitions
-    for definition in assets:
-        assert definition.backfill_policy == dg.BackfillPolicy.single_run()
+        # As-of-T state, refreshed once per window run: no per-window bookkeeping.
+        assert spec.partitions_def is None
     deps = {dep.asset_key.to_user_string() for dep in specs[SERVED_KPI_ASSET].deps}
     assert deps == {"business_kpi_daily"}
     platform_deps = {dep.asset_key.to_user_string() for dep in specs[PLATFORM_METRICS].deps}

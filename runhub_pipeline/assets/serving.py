@@ -255,14 +255,16 @@ def _platform_metadata(
     return metadata
 
 
-def build_serving_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """Publish to the app database, then append the platform metrics of T."""
+def build_serving_assets() -> list[dg.AssetsDefinition]:
+    """Publish to the app database, then append the platform metrics of T.
+
+    Not partitioned, like the marts: each window run publishes everything changed since the last
+    publish and records one platform_success_metrics row for its T.
+    """
 
     @dg.multi_asset(
         name="publish_business_kpi_daily",
         specs=[_served_spec()],
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
     )
     def publish(
@@ -288,8 +290,6 @@ def build_serving_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
     @dg.multi_asset(
         name="record_platform_success_metrics",
         specs=[mart_spec(PLATFORM_METRICS, platform_deps)],
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
     )
     def platform(

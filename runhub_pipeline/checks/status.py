@@ -64,14 +64,16 @@ class CheckGate:
         return f"data-quality checks of the latest data have not finished: {listed}{more}"
 
 
-def blocking_check_keys_of(definitions: dg.Definitions | Any) -> list[dg.AssetCheckKey]:
-    """The blocking checks of a `Definitions` or a `RepositoryDefinition` (a sensor's
+def asset_graph_of(definitions: dg.Definitions | Any) -> Any:
+    """The asset graph of a `Definitions` or a `RepositoryDefinition` (a sensor's
     `context.repository_def`)."""
-    graph = (
-        definitions.resolve_asset_graph()
-        if isinstance(definitions, dg.Definitions)
-        else definitions.asset_graph
-    )
+    if isinstance(definitions, dg.Definitions):
+        return definitions.resolve_asset_graph()
+    return definitions.asset_graph
+
+
+def blocking_check_keys_of(definitions: dg.Definitions | Any) -> list[dg.AssetCheckKey]:
+    graph = asset_graph_of(definitions)
     return sorted(k for k in graph.asset_check_keys if graph.get(k).blocking)
 
 

@@ -9,7 +9,7 @@ import dagster as dg
 
 from runhub_pipeline.checks import gx_suites
 from runhub_pipeline.checks.core import data_docs_dir, gx_results_dir
-from runhub_pipeline.checks.status import execution_records, is_completed
+from runhub_pipeline.checks.status import asset_graph_of, execution_records, is_completed
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,7 @@ class CheckSummary:
 
 def check_summary(instance: dg.DagsterInstance, definitions: dg.Definitions | Any) -> CheckSummary:
     """Summarize the latest evaluation of every check of `definitions` (or a repository)."""
-    graph = (
-        definitions.resolve_asset_graph()
-        if isinstance(definitions, dg.Definitions)
-        else definitions.asset_graph
-    )
-    keys = sorted(graph.asset_check_keys)
+    keys = sorted(asset_graph_of(definitions).asset_check_keys)
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
     passed = warned = failed = skipped = 0
     problems: list[str] = []
