@@ -174,9 +174,10 @@ def enqueue_recovery_runs(app_db: AppDatabase, warehouse: Warehouse, now: dateti
                 "now": db_time(app_db, now),
             }
         )
+    created: list[str] = []
     if new_runs:
-        # One batch; a run id or key that already exists (a concurrent tick of the same slot)
-        # is left alone, and the launch request's run key makes its repeat harmless.
+        # One batch; a run whose id or key exists already (a failed run of this slot, or a
+        # concurrent tick) is left alone, and only queued runs are reported for launch.
         with app_db.begin() as connection:
             connection.execute(
                 sa.text(
@@ -188,7 +189,14 @@ def enqueue_recovery_runs(app_db: AppDatabase, warehouse: Warehouse, now: dateti
                 ),
                 new_runs,
             )
-    created = [str(run["id"]) for run in new_runs]
+            queued = connection.execute(
+                sa.text(
+                    "select id from workflow_runs where idempotency_key = :key and status = :queued"
+                ),
+                {"key": key, "queued": QUEUED},
+            )
+            wanted = {str(run["id"]) for run in new_runs}
+            created = sorted(str(row.id) for row in queued if str(row.id) in wanted)
     summary_text = ", ".join(f"{count} {why}" for why, count in sorted(why_not.items()))
     return RecoveryTick(
         created, f"{len(abandoned)} projects with checkouts abandoned in 24 hours: {summary_text}"
