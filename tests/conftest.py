@@ -67,10 +67,12 @@ def sqlite_app_db(tmp_path: Path) -> AppDatabase:
 
 
 @pytest.fixture
-def postgres_app_db(postgres_database_factory: Callable[[], str]) -> AppDatabase:
+def postgres_app_db(postgres_database_factory: Callable[[], str]) -> Iterator[AppDatabase]:
     app_db = AppDatabase(url=postgres_database_factory())
     migrate(app_db)
-    return app_db
+    yield app_db
+    # Idle pooled connections of finished tests would pile up to "too many clients".
+    app_db.engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
