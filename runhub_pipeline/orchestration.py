@@ -17,14 +17,14 @@ from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
 from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition_key
 from runhub_pipeline.settings import Settings
 
-# The embedded instance: SQLite storage under DAGSTER_HOME, a queued run coordinator and one
-# warehouse writer at a time. Production uses the repository's dagster.yaml (dagster-postgres).
+# The embedded instance: SQLite storage under DAGSTER_HOME and queued runs. No pool limit: a run
+# killed with -9 would keep its pool slot until a daemon's run monitoring frees it, and the next
+# `runhub backfill` would wait forever; the warehouse's own writer lock already makes writers take
+# turns. Production (deploy/dagster.yaml) sets the pool and runs the daemon.
 EMBEDDED_DAGSTER_YAML = """\
 concurrency:
   runs:
     max_concurrent_runs: 4
-  pools:
-    default_limit: 1
 telemetry:
   enabled: false
 """
