@@ -197,10 +197,20 @@ def assert_no_partial_window(warehouse: Warehouse) -> None:
     assert mismatch == (0,)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.4, 1.2])
+@pytest.mark.parametrize(
+    ("dialect", "delay"),
+    [
+        ("sqlite", 0.0),
+        ("sqlite", 0.4),
+        ("sqlite", 1.2),
+        pytest.param("postgres", 0.4, marks=pytest.mark.postgres),
+    ],
+)
 def test_kill_minus_nine_mid_write_then_rerun(
-    simulated: AppDatabase, tmp_path: Path, delay: float
+    dialect: str, delay: float, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    simulated: AppDatabase = request.getfixturevalue(f"{dialect}_app_db")
+    simulate(simulated, SimulationSpec(projects=6, days=DAYS, seed=7, end=END))
     home = tmp_path / "home"
     published = home / "warehouse.duckdb"
     # A first, complete window so the killed run has a previous state to leave intact.
