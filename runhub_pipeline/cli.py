@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from runhub_pipeline.orchestration import RunOutcome, execute_window_range
 from runhub_pipeline.resources.app_db import AppDatabase, AppDbError, describe_db_error
 from runhub_pipeline.resources.warehouse import WarehouseNotBuiltError, utc_now
-from runhub_pipeline.settings import Settings, SettingsError, floor_to_window, parse_utc
+from runhub_pipeline.settings import WINDOW, Settings, SettingsError, floor_to_window, parse_utc
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -154,6 +154,12 @@ def run_backfill(settings: Settings, start: datetime, end: datetime) -> RunOutco
             f" {settings.partitions_start.isoformat()}"
         )
     last = floor_to_window(end - timedelta(microseconds=1))
+    windows = int((last - first) / WINDOW) + 1
+    print(
+        f"backfilling {windows:,} windows as one Dagster run; follow it live in the UI"
+        f" (DAGSTER_HOME={settings.dagster_home} dagster dev)",
+        flush=True,
+    )
     return execute_window_range(settings, first, last)
 
 
