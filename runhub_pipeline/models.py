@@ -27,11 +27,6 @@ def model_source(name: str) -> str:
     return (resources.files("runhub_pipeline") / "sql" / f"{name}.sql").read_text()
 
 
-def model_names() -> list[str]:
-    folder = resources.files("runhub_pipeline") / "sql"
-    return sorted(e.name.removesuffix(".sql") for e in folder.iterdir() if e.name.endswith(".sql"))
-
-
 def render_model(name: str, **shape: Any) -> str:
     """The model's SQL with its Jinja2 shape arguments (dialect, column lists) filled in."""
     return _ENV.from_string(model_source(name)).render(**{"dialect": "duckdb", **shape})
