@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -84,9 +85,9 @@ def ensure_home(settings: Settings) -> None:
     """Create RUNHUB_HOME and prove it is writable before anything is written into it."""
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
-        probe = settings.home / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
+        # A uniquely named probe: two commands starting at once must not delete each other's.
+        with tempfile.TemporaryFile(dir=settings.home):
+            pass
     except OSError as error:
         raise CliError(f"RUNHUB_HOME {settings.home} is not writable: {error.strerror}") from None
 

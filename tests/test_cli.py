@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from runhub_pipeline.cli import ensure_home
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.app_schema import migrate, migration_files
+from runhub_pipeline.settings import Settings
 
 RUNHUB = str(Path(sys.executable).parent / "runhub")
 
@@ -116,6 +119,20 @@ def test_unwritable_home_is_one_line(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     result = runhub("init", env={"RUNHUB_HOME": str(blocker / "home")})
     assert_one_line_error(result, "not writable")
+
+
+def test_commands_starting_at_once_share_one_home(tmp_path: Path) -> None:
+    """Regression: two commands probing RUNHUB_HOME at once must not delete each other's probe."""
+    settings = Settings.from_env({"RUNHUB_HOME": str(tmp_path / "home")})
+
+    def probe_repeatedly() -> None:
+        for _ in range(300):
+            ensure_home(settings)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for outcome in [pool.submit(probe_repeatedly) for _ in range(4)]:
+            outcome.result()
+    assert list(settings.home.iterdir()) == []
 
 
 def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
