@@ -16,7 +16,7 @@ from runhub_pipeline.partitions import fifteen_minute_partitions
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.email import transport_from_settings
 from runhub_pipeline.resources.warehouse import Warehouse
-from runhub_pipeline.schedules import build_send_schedules
+from runhub_pipeline.schedules import build_freshness_schedule, build_send_schedules
 from runhub_pipeline.sends.jobs import EMAIL_RESOURCE, build_send_jobs
 from runhub_pipeline.sensors import build_send_sensors
 from runhub_pipeline.settings import Settings
@@ -28,8 +28,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = fifteen_minute_partitions(settings.partitions_start)
     assets = [
         *build_staging_assets(partitions),
-        *build_mart_assets(),
-        *build_serving_assets(),
+        *build_mart_assets(partitions),
+        *build_serving_assets(partitions),
     ]
     window_job = dg.define_asset_job(
         WINDOW_JOB,
@@ -42,7 +42,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         asset_checks=build_checks(settings, assets),
         jobs=[window_job, *build_send_jobs(settings)],
         sensors=[build_ingest_sensor(settings, WINDOW_JOB), *build_send_sensors()],
-        schedules=build_send_schedules(),
+        schedules=[*build_send_schedules(), build_freshness_schedule()],
         resources={
             "app_db": AppDatabase(url=settings.app_db_url),
             "warehouse": Warehouse(path=str(settings.warehouse_path)),

@@ -46,11 +46,15 @@ class RunOutcome:
 # per asset carries the whole partition range. Dagster reads it where runs are created, so
 # `dagster dev` and the daemon need it in their environment too (README, "Partitions").
 PLANNED_EVENTS_SETTING = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+# A range run records one materialization per window and partitioned asset. dagster-postgres writes
+# them in batches of this size (one INSERT instead of thousands); the SQLite storage ignores it.
+EVENT_BATCH_SETTING = "DAGSTER_EVENT_BATCH_SIZE"
 
 
 def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     """The persistent instance at DAGSTER_HOME, created with the embedded config if new."""
     os.environ.setdefault(PLANNED_EVENTS_SETTING, "true")
+    os.environ.setdefault(EVENT_BATCH_SETTING, "1000")
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"

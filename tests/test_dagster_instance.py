@@ -55,34 +55,39 @@ def test_backfill_is_recorded_in_the_embedded_instance(sqlite_app_db, tmp_path: 
     assert (tmp_path / "dagster" / "dagster.yaml").exists()
 
 
-@pytest.mark.postgres
-def test_production_dagster_yaml_uses_postgres_storage(
-    postgres_database_factory: Callable[[], str], tmp_path: Path
-) -> None:
+@pytest.fixture
+def production_home(
+    postgres_database_factory: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, str]:
+    """A DAGSTER_HOME holding `deploy/dagster.yaml`, its variables pointing at a fresh database."""
     url = postgres_database_factory()
-    database = url.rsplit("/", 1)[1]
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    env = {
-        **os.environ,
+    for name, value in {
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_HOST": "127.0.0.1",
         "DAGSTER_PG_PORT": "5432",
         "DAGSTER_PG_USER": "postgres",
         "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_DB": database,
-    }
+        "DAGSTER_PG_DB": url.rsplit("/", 1)[1],
+    }.items():
+        monkeypatch.setenv(name, value)
+    return home, url
+
+
+@pytest.mark.postgres
+def test_production_dagster_yaml_uses_postgres_storage(production_home: tuple[Path, str]) -> None:
+    _, url = production_home
     result = subprocess.run(
         [DAGSTER, "instance", "concurrency", "set", "warehouse", "1"],
-        env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     info = subprocess.run(
-        [DAGSTER, "instance", "info"], env=env, capture_output=True, text=True, timeout=300
+        [DAGSTER, "instance", "info"], capture_output=True, text=True, timeout=300
     )
     assert info.returncode == 0, info.stderr
     assert "PostgresRunStorage" in info.stdout
@@ -98,3 +103,33 @@ def test_production_dagster_yaml_uses_postgres_storage(
         ).fetchone()
     assert {"runs", "event_logs"} <= tables
     assert limit == (1,)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_window_range_runs_on_the_production_instance(
+    production_home: tuple[Path, str], sqlite_app_db, tmp_path: Path
+) -> None:
+    """Runs really write their events to dagster-postgres: one materialization per window."""
+    home, _ = production_home
+    insert_rows(sqlite_app_db, "projects", [project("p1")])
+    at = utc("2026-03-01 10:01")
+    insert_rows(sqlite_app_db, "business_events", [business_event(1, "p1", "lead_created", at, at)])
+    settings = Settings.from_env(
+        {
+            "RUNHUB_HOME": str(tmp_path / "runhub"),
+            "RUNHUB_APP_DB_URL": sqlite_app_db.url,
+            "DAGSTER_HOME": str(home),
+        }
+    )
+    outcome = execute_window_range(settings, utc("2026-03-01 10:00"), utc("2026-03-01 10:45"))
+    assert outcome.success, outcome.failure
+    with dagster_instance(settings) as instance:
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        for table in ("stg_business_events", "business_kpi_daily", "app_business_kpi_daily"):
+            assert instance.get_materialized_partitions(dg.AssetKey(table)) == {
+                "2026-03-01-10:00",
+                "2026-03-01-10:15",
+                "2026-03-01-10:30",
+                "2026-03-01-10:45",
+            }, table

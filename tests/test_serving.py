@@ -149,8 +149,8 @@ def _window_job(
     defs = dg.Definitions(
         assets=[
             *build_staging_assets(partitions),
-            *build_mart_assets(),
-            *build_serving_assets(),
+            *build_mart_assets(partitions),
+            *build_serving_assets(partitions),
         ],
         asset_checks=[_failing_check(blocking_failure)],
         jobs=[

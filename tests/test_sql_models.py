@@ -6,6 +6,7 @@ Schemas and column lineage shown in Dagster are parsed from the same files.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -17,6 +18,7 @@ from runhub_pipeline.assets.marts import MART_MODELS, PLATFORM_METRICS, build_ma
 from runhub_pipeline.assets.serving import SERVED_KPI_ASSET, build_serving_assets
 from runhub_pipeline.lineage import column_dependencies, model_table_schema
 from runhub_pipeline.models import model_source, render_model, statements_of, transpile
+from runhub_pipeline.partitions import fifteen_minute_partitions
 
 MODELS = (*MART_MODELS, PLATFORM_METRICS)
 
@@ -115,15 +117,17 @@ def test_lineage_follows_the_sql() -> None:
 
 
 def test_assets_carry_schema_and_lineage() -> None:
-    assets = [*build_mart_assets(), *build_serving_assets()]
+    partitions = fifteen_minute_partitions(datetime(2026, 3, 1, tzinfo=UTC))
+    assets = [*build_mart_assets(partitions), *build_serving_assets(partitions)]
+    assert all(a.backfill_policy == dg.BackfillPolicy.single_run() for a in assets)
     specs = {spec.key.to_user_string(): spec for a in assets for spec in a.specs}
     assert set(specs) == {*MODELS, SERVED_KPI_ASSET}
     for key, spec in specs.items():
         assert spec.description and "grain" in spec.description, key
         assert isinstance(spec.metadata["dagster/column_schema"], dg.TableSchema)
         assert isinstance(spec.metadata["dagster/column_lineage"], dg.TableColumnLineage)
-        # As-of-T state, refreshed once per window run: no per-window bookkeeping.
-        assert spec.partitions_def is None
+        # On the same 15-minute windows as staging, backfilled in one run per range.
+        assert spec.partitions_def == partitions
     deps = {dep.asset_key.to_user_string() for dep in specs[SERVED_KPI_ASSET].deps}
     assert deps == {"business_kpi_daily"}
     platform_deps = {dep.asset_key.to_user_string() for dep in specs[PLATFORM_METRICS].deps}

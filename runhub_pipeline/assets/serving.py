@@ -203,7 +203,7 @@ def _app_row(dialect: str, columns: Sequence[str], row: Sequence[Any]) -> dict[s
     return values
 
 
-def _served_spec() -> dg.AssetSpec:
+def _served_spec(partitions: dg.PartitionsDefinition) -> dg.AssetSpec:
     schema = model_table_schema(KPI_TABLE)
     lineage = dg.TableColumnLineage(
         deps_by_column={
@@ -220,6 +220,7 @@ def _served_spec() -> dg.AssetSpec:
         " upserted, vanished rows deleted, one transaction per window.",
         group_name="serving",
         deps=[KPI_TABLE],
+        partitions_def=partitions,
         metadata={
             "dagster/column_schema": schema,
             "dagster/column_lineage": lineage,
@@ -255,16 +256,17 @@ def _platform_metadata(
     return metadata
 
 
-def build_serving_assets() -> list[dg.AssetsDefinition]:
+def build_serving_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """Publish to the app database, then append the platform metrics of T.
 
-    Not partitioned, like the marts: each window run publishes everything changed since the last
-    publish and records one platform_success_metrics row for its T.
+    Partitioned like the marts: each window run (one window or a range) publishes everything
+    changed since the last publish and records one platform_success_metrics row for its T.
     """
 
     @dg.multi_asset(
         name="publish_business_kpi_daily",
-        specs=[_served_spec()],
+        specs=[_served_spec(partitions)],
+        backfill_policy=dg.BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
     )
     def publish(
@@ -289,7 +291,8 @@ def build_serving_assets() -> list[dg.AssetsDefinition]:
 
     @dg.multi_asset(
         name="record_platform_success_metrics",
-        specs=[mart_spec(PLATFORM_METRICS, platform_deps)],
+        specs=[mart_spec(PLATFORM_METRICS, platform_deps, partitions)],
+        backfill_policy=dg.BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
     )
     def platform(
