@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from runhub_pipeline.assets.serving import SERVED_KPI_ASSET
-from runhub_pipeline.checks import names, structural
+from runhub_pipeline.checks import names, reconcile, structural
 from runhub_pipeline.checks.core import CheckEnv, Outcome, Thresholds
 from runhub_pipeline.checks.definitions import build_checks, check_rules
 from runhub_pipeline.checks.status import blocking_checks_gate
@@ -157,24 +157,45 @@ def test_a_blocking_failure_holds_back_publish_and_sends(
     assert summary.skipped > 0  # the marts' checks, not evaluated in the failed run
     assert summary.problems[0].startswith("ERROR quarantined_events:quarantine_share")
 
+    # A good run of another window does not clear W1: the check re-checks it and fails again.
     third = _run(definitions, instance, W2, W2)
-    assert third.success
-    assert SERVED_KPI_ASSET in _materialized(third)
-    assert _served(sqlite_app_db) != served
-    assert blocking_checks_gate(instance, definitions).ok
+    assert not third.success
+    assert SERVED_KPI_ASSET not in _materialized(third)
+    assert _served(sqlite_app_db) == served
+    gate = blocking_checks_gate(instance, definitions)
+    assert gate.state == "blocked"
+    assert "still failing since an earlier run" in gate.reason()
+    assert "2026-03-04 10:15" in gate.reason()
 
-    # The late-commit sensor re-reads one window as a single-partition run.
+    # Nor does the late-commit sensor's single-partition run of another window.
     late = definitions.resolve_job_def(WINDOW_JOB).execute_in_process(
         instance=instance, partition_key=partition_key(W0), raise_on_error=False
     )
-    assert late.success
+    assert not late.success
+    assert blocking_checks_gate(instance, definitions).state == "blocked"
+
+    # The project appears in the app; a run that re-covers W1 passes and publishes the backlog.
+    insert_rows(sqlite_app_db, "projects", [project("ghost")])
+    fixed = _run(definitions, instance, W1, W1)
+    assert fixed.success
+    assert SERVED_KPI_ASSET in _materialized(fixed)
+    assert _served(sqlite_app_db) != served
     gate = blocking_checks_gate(instance, definitions)
     assert gate.ok, gate.reason()
 
-    history = check_history(instance, names.QUARANTINED_EVENTS, names.QUARANTINE_SHARE)[1:]
-    assert [h.outcome for h in history] == ["passed", "failed", "passed"]
-    assert [h.run_id for h in history] == [third.run_id, second.run_id, first.run_id]
-    assert history[1].metadata["windows_over_error"] == 1
+    history = check_history(instance, names.QUARANTINED_EVENTS, names.QUARANTINE_SHARE)
+    assert [h.outcome for h in history] == ["passed", "failed", "failed", "failed", "passed"]
+    assert [h.run_id for h in history] == [
+        fixed.run_id,
+        late.run_id,
+        third.run_id,
+        second.run_id,
+        first.run_id,
+    ]
+    assert history[3].metadata["windows_over_error"] == 1
+    assert history[2].metadata["windows_over_error"] == 1  # the re-checked window W1
+    assert history[2].metadata["this_run"].startswith("quarantine share <= 1%")
+    assert history[0].metadata["failed_scopes"] == []
 
 
 def test_a_blocking_failure_of_any_mart_holds_back_the_publish(
@@ -199,6 +220,50 @@ def test_a_blocking_failure_of_any_mart_holds_back_the_publish(
     assert _served(sqlite_app_db) == []
     gate = blocking_checks_gate(pipeline.instance, definitions)
     assert [p.check for p in gate.problems] == ["digest_metrics:rates_in_range"]
+
+
+def test_a_window_that_failed_reconciliation_keeps_failing_until_re_read(
+    pipeline: Pipeline, sqlite_app_db: AppDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row committed into W0 while its run was between staging and checks: W0 fails
+    reconciliation, and keeps failing in runs of other windows until a run re-reads W0."""
+    recount = reconcile.source_reconciliation
+    late_row = business_event(
+        99, "p1", "lead_created", utc("2026-03-04 10:05"), utc("2026-03-04 10:05")
+    )
+
+    def committed_during_the_run(env: CheckEnv) -> Outcome:
+        if not sqlite_app_db.fetch_all("select id from business_events where id = 99"):
+            insert_rows(sqlite_app_db, "business_events", [late_row])
+        return recount(env)
+
+    monkeypatch.setattr(reconcile, "source_reconciliation", committed_during_the_run)
+    check_rules.cache_clear()
+    try:
+        definitions = pipeline.rebuilt()
+    finally:
+        check_rules.cache_clear()
+    instance = pipeline.instance
+
+    first = _run(definitions, instance, W0, W0)
+    assert not first.success
+    assert SERVED_KPI_ASSET not in _materialized(first)
+
+    other = _run(definitions, instance, W2, W2)
+    assert not other.success
+    assert SERVED_KPI_ASSET not in _materialized(other)
+    gate = blocking_checks_gate(instance, definitions)
+    assert [p.check for p in gate.problems] == ["ingest_ledger:source_reconciliation"]
+    assert "2026-03-04 10:00" in gate.reason()
+    (latest, *_) = check_history(instance, names.INGEST_LEDGER, names.SOURCE_RECONCILIATION)
+    assert latest.run_id == other.run_id and latest.outcome == "failed"
+    assert "| business_events | 2026-03-04T10:00:00+00:00 | 3 | 2 |" in latest.metadata["sample"]
+
+    # What the late-commit sensor requests: W0 again.
+    reread = _run(definitions, instance, W0, W0)
+    assert reread.success
+    assert SERVED_KPI_ASSET in _materialized(reread)
+    assert blocking_checks_gate(instance, definitions).ok
 
 
 def test_a_range_run_checks_the_whole_range(pipeline: Pipeline, sqlite_app_db: AppDatabase) -> None:

@@ -11,6 +11,10 @@ partition whether or not the check is partitioned (partitioned checks are a prev
 reads the run's window range from `context.partition_time_window`, which spans the whole range of
 a single-run backfill, and checks that range. Dagster also leaves one "planned" execution row per
 window of a range run unresolved beside the evaluation; `status` and `summary` skip over them.
+
+Checks that judge only the run's scope (`CheckRule.scoped`) also re-check the scopes their previous
+evaluation failed on (`rechecks`), so a bad window keeps failing until a run re-covers it and
+passes.
 """
 
 import functools
@@ -22,7 +26,15 @@ from typing import Any
 
 import dagster as dg
 
-from runhub_pipeline.checks import gx_rule, mart_rules, names, reconcile, staging_rules, structural
+from runhub_pipeline.checks import (
+    gx_rule,
+    mart_rules,
+    names,
+    rechecks,
+    reconcile,
+    staging_rules,
+    structural,
+)
 from runhub_pipeline.checks.core import (
     CheckEnv,
     CheckOptions,
@@ -31,9 +43,14 @@ from runhub_pipeline.checks.core import (
     Outcome,
     Thresholds,
 )
+from runhub_pipeline.checks.status import latest_completed
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse, utc_now
-from runhub_pipeline.settings import WINDOW, Settings, floor_to_window
+from runhub_pipeline.settings import WINDOW, Settings, floor_to_window, parse_utc
+
+# A run tag that sets the wall clock the checks judge by (the freshness schedule sets its tick);
+# without it they use the time of evaluation.
+CHECK_TIME_TAG = "runhub/check_time"
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,8 @@ class CheckRule:
         description: what passing means, shown in the Dagster UI.
         evaluate: the check itself.
         blocking: a failure with ERROR severity holds back everything downstream.
+        scoped: the check judges only the run's scope (its windows, the rows it wrote), so the
+            scopes it failed on are re-checked by its later evaluations until they pass.
     """
 
     table: str
@@ -53,6 +72,7 @@ class CheckRule:
     description: str
     evaluate: Callable[[CheckEnv], Outcome]
     blocking: bool = True
+    scoped: bool = False
 
     @property
     def key(self) -> dg.AssetCheckKey:
@@ -122,6 +142,7 @@ def _specific_rules() -> list[CheckRule]:
             "Per window with >= 100 source rows: quarantined share WARN above 1 %, ERROR above"
             " 5 %.",
             staging_rules.quarantine_share,
+            scoped=True,
         ),
         CheckRule(
             names.INGEST_LEDGER,
@@ -129,6 +150,7 @@ def _specific_rules() -> list[CheckRule]:
             "source_rows = staged + duplicates + quarantined, and staged / quarantined equal the"
             " rows in the staging tables, for every window the run wrote.",
             staging_rules.ledger_balances,
+            scoped=True,
         ),
         CheckRule(
             names.INGEST_LEDGER,
@@ -136,6 +158,7 @@ def _specific_rules() -> list[CheckRule]:
             "The app database, recounted by received_at window, has exactly the ledger's source"
             " rows = staged + duplicates + quarantined.",
             reconcile.source_reconciliation,
+            scoped=True,
         ),
         CheckRule(
             names.INGEST_LEDGER,
@@ -176,6 +199,7 @@ def _specific_rules() -> list[CheckRule]:
             names.KPI_RECONCILIATION,
             "KPI totals of every day the run recomputed equal a recount of its staged events.",
             mart_rules.kpi_reconciliation,
+            scoped=True,
         ),
         CheckRule(
             names.BUSINESS_KPI_DAILY,
@@ -196,6 +220,7 @@ def _gx_rules() -> list[CheckRule]:
             f"Great Expectations suite checks/suites/{table}.json on the rows the run wrote:"
             " ERROR for a failed critical expectation, WARN for a warning one.",
             functools.partial(gx_rule.gx_suite_check, table=table),
+            scoped=True,
         )
         for table in gx_rule.gx_tables()
     ]
@@ -291,9 +316,20 @@ def _check_op(
             )
             context.log.info(f"{len(selected)} checks over {env.scope.describe()}")
             for key in selected:
-                yield _result(by_key[key], evaluate_safely(by_key[key], env))
+                rule = by_key[key]
+                yield _result(rule, _evaluate(rule, env, context.instance))
 
     return run_checks
+
+
+def _evaluate(rule: CheckRule, env: CheckEnv, instance: dg.DagsterInstance) -> Outcome:
+    evaluate = functools.partial(evaluate_safely, rule)
+    if not rule.scoped:
+        return evaluate(env)
+    previous = latest_completed(instance, rule.key)
+    metadata = previous.evaluation.metadata if previous is not None else {}
+    carried = rechecks.failed_scopes(metadata, env.scope.now)
+    return rechecks.evaluate_with_rechecks(evaluate, env, carried)
 
 
 def evaluate_safely(rule: CheckRule, env: CheckEnv) -> Outcome:
@@ -315,7 +351,8 @@ def _scope(
     options: CheckOptions,
     tables: Iterable[str],
 ) -> CheckScope:
-    now = utc_now()
+    tagged = context.run.tags.get(CHECK_TIME_TAG)
+    now = parse_utc(tagged) if tagged else utc_now()
     started = _written_since(context, tables) or now
     if context.has_partition_key or context.has_partition_key_range:
         window = context.partition_time_window
@@ -366,6 +403,8 @@ def _metadata(values: Mapping[str, Any]) -> dict[str, Any]:
             converted[key] = dg.MetadataValue.path(str(value))
         elif isinstance(value, datetime):
             converted[key] = dg.MetadataValue.timestamp(value)
+        elif isinstance(value, list | dict):
+            converted[key] = dg.MetadataValue.json(value)
         else:
             converted[key] = value
     return converted

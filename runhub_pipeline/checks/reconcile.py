@@ -15,11 +15,9 @@ import sqlalchemy as sa
 
 from runhub_pipeline.assets.ingest import window_bound
 from runhub_pipeline.checks.core import CheckEnv, Outcome, fetch, markdown_table, render
-from runhub_pipeline.checks.staging_rules import LEDGER_SCOPE
+from runhub_pipeline.checks.staging_rules import LEDGER_SCOPE, SOURCE_TABLES
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.settings import WINDOW
-
-SOURCE_TABLES = ("business_events", "inhouse_analytics_events")
 
 # SQLite keeps received_at as fixed-width UTC text, so the bucket is text arithmetic.
 _SOURCE_COUNTS = """

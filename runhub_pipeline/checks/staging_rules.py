@@ -15,9 +15,12 @@ from runhub_pipeline.checks.core import (
     offenders,
     render,
 )
-from runhub_pipeline.settings import floor_to_window
+from runhub_pipeline.settings import WINDOW, floor_to_window
 
 MONEY_TYPES = ("payment_succeeded", "payment_failed", "refund_issued")
+SOURCE_TABLES = ("business_events", "inhouse_analytics_events")
+# Freshness metadata: until when a passing verdict holds (the freshness schedule reads it).
+FRESH_UNTIL = "fresh_until"
 
 # Ledger rows this run is answerable for: its windows, and rows it re-ingested or re-staged.
 LEDGER_SCOPE = """(
@@ -225,7 +228,8 @@ def freshness(env: CheckEnv) -> Outcome:
     """The newest window that is due (its end + ingest lag + 15 min has passed) is ingested.
 
     Judged on the ledger's windows, not on when the asset last ran: a backfill of old windows
-    moves no watermark, so it cannot make stale data look fresh.
+    moves no watermark, so it cannot make stale data look fresh. A pass holds until the next
+    window falls due (`fresh_until`, in the metadata).
     """
     allowed = env.options.ingest_lag + env.thresholds.freshness_slack
     due_end = floor_to_window(env.scope.now - allowed)
@@ -244,10 +248,16 @@ def freshness(env: CheckEnv) -> Outcome:
         "ledger_rows_ingested_after_deadline": int(late or 0),
         "max_ingest_delay_minutes": _minutes(max_latency),
     }
-    expected = ("business_events", "inhouse_analytics_events")
-    stale = [t for t in expected if watermarks.get(t, datetime.min.replace(tzinfo=UTC)) < due_end]
+    stale = [
+        t for t in SOURCE_TABLES if watermarks.get(t, datetime.min.replace(tzinfo=UTC)) < due_end
+    ]
     if not stale:
-        return Outcome(True, f"ingested through {due_end:%Y-%m-%d %H:%M} UTC", metadata=metadata)
+        fresh_until = min(watermarks[t] for t in SOURCE_TABLES) + WINDOW + allowed
+        return Outcome(
+            True,
+            f"ingested through {due_end:%Y-%m-%d %H:%M} UTC",
+            metadata={**metadata, FRESH_UNTIL: fresh_until},
+        )
     behind = min((watermarks[t] for t in stale if t in watermarks), default=None)
     lag = f"{_minutes(due_end - behind):.0f} min behind" if behind else "never ingested"
     return Outcome(

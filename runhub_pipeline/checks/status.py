@@ -7,7 +7,9 @@ blocking check of every table that has been materialized:
 - the latest completed evaluation must target the table's latest materialization (the data in the
   published snapshot now); a newer materialization whose checks have not finished is `pending`;
 - that evaluation must have passed, or failed with WARN severity only; an ERROR failure is
-  `blocked`, until a later run rewrites the table and its checks pass.
+  `blocked`, until a later run rewrites the table and its checks pass. Checks scoped to a run's
+  windows re-check the windows they failed on (`checks.rechecks`), so a run of other windows does
+  not re-open the gate while a failed window is still wrong.
 
 Checks of tables never materialized are ignored (there is no data to act on). Only the instance
 is read: no warehouse connection and no Great Expectations import, so it is cheap in a sensor.
@@ -120,7 +122,7 @@ def _judge(
         run = instance.get_run_by_id(record.run_id)
         if run is not None and not run.is_finished:
             return CheckProblem(name, "pending", "evaluation in progress", record.run_id)
-        record = _latest_completed(instance, key)
+        record = latest_completed(instance, key)
         if record is None:
             return CheckProblem(name, "pending", "never evaluated", None)
     evaluation: dg.AssetCheckEvaluation = record.evaluation
@@ -136,7 +138,8 @@ def _judge(
     )
 
 
-def _latest_completed(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> Any:
+def latest_completed(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> Any:
+    """The newest execution record of a check that carries an evaluation, or None."""
     return next((r for r in execution_records(instance, key) if is_completed(r)), None)
 
 
