@@ -115,6 +115,10 @@ class SqlEngine(Protocol):
         """Run one query written in DuckDB's dialect (transpiled where needed)."""
         ...
 
+    def execute(self, sql: str, params: Mapping[str, Any]) -> None:
+        """Run one statement written in DuckDB's dialect (transpiled where needed)."""
+        ...
+
     def transaction(self) -> Any: ...
 
     @property
@@ -137,6 +141,9 @@ class DuckDBEngine:
 
     def fetchall(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return self._connection.execute(sql, dict(params) if params else None).fetchall()
+
+    def execute(self, sql: str, params: Mapping[str, Any]) -> None:
+        self._connection.execute(sql, dict(params))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -176,6 +183,10 @@ class PostgresEngine:
         (translated,) = transpile(sql, "postgres")
         return list(self._execute(translated, params or {}).fetchall())
 
+    def execute(self, sql: str, params: Mapping[str, Any]) -> None:
+        (translated,) = transpile(sql, "postgres")
+        self._execute(translated, params)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self._connection.transaction():
@@ -195,6 +206,9 @@ class MartsRefresh:
 
 _PROGRESS = "select mart, change_seq, watermark from mart_progress"
 _LAST_CHANGE = "select coalesce(max(change_seq), 0) from stg_changes"
+# Every incremental mart has consumed the changes up to $to_seq in this transaction. The rows of
+# $to_seq itself stay: staging numbers the next change max(change_seq) + 1.
+_PRUNE_CONSUMED = "delete from stg_changes where change_seq < $to_seq"
 
 
 def _progress(engine: SqlEngine) -> tuple[int, datetime | None]:
@@ -228,6 +242,7 @@ def refresh_marts(engine: SqlEngine, updated_at: datetime) -> MartsRefresh:
             engine.run(name, params)
             if name in RECOMPUTED_SCOPE:
                 recomputed[name] = _count(engine, RECOMPUTED_SCOPE[name][0])
+        engine.execute(_PRUNE_CONSUMED, {"to_seq": to_seq})
     return MartsRefresh(watermark, previous, from_seq, to_seq, recomputed)
 
 
