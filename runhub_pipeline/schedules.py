@@ -26,7 +26,7 @@ from runhub_pipeline.sends.jobs import (
     clock_config,
 )
 from runhub_pipeline.sends.policy import CLAIMED, RUNNING, SEND_RETENTION
-from runhub_pipeline.sends.runs import db_time, parse_time
+from runhub_pipeline.sends.stored import db_time, parse_time
 from runhub_pipeline.sensors import held_back
 
 DAILY_DIGEST_SCHEDULE = "daily_digest_schedule"

@@ -29,6 +29,7 @@ from runhub_pipeline.resources.email import EmailTransport
 from runhub_pipeline.resources.warehouse import Warehouse, WarehouseNotBuiltError, utc_now
 from runhub_pipeline.sends.digest import send_due_digests
 from runhub_pipeline.sends.jobs import WORKFLOW_RUN_TAG, WORKFLOW_SEND_JOB, workflow_run_config
+from runhub_pipeline.sends.lifecycle import fail_queued_run
 from runhub_pipeline.sends.policy import (
     AUTO_RUN_SLOT,
     FAIL_DELIVERY,
@@ -42,11 +43,10 @@ from runhub_pipeline.sends.policy import (
     parse_params,
 )
 from runhub_pipeline.sends.recipients import abandoned_by_project
-from runhub_pipeline.sends.runs import (
+from runhub_pipeline.sends.runs import execute_run
+from runhub_pipeline.sends.stored import (
     coarse_since,
     db_time,
-    execute_run,
-    fail_queued_run,
     iso,
     parse_flag,
     parse_json,
@@ -288,24 +288,55 @@ def run_send_sensors_once(
     return dict(sent)
 
 
+SendTick = Callable[
+    [dg.SensorEvaluationContext, AppDatabase, Warehouse, datetime],
+    dg.SensorResult | dg.SkipReason,
+]
+
+
+def _send_sensor(
+    name: str, description: str, clock: Callable[[], datetime]
+) -> Callable[[SendTick], dg.SensorDefinition]:
+    """Make a send sensor of a tick: the sensor reads `clock()`, skips with the reason while a
+    blocking data-quality check holds sends back (`held_back`), and otherwise runs the tick."""
+
+    def decorate(tick: SendTick) -> dg.SensorDefinition:
+        @dg.sensor(
+            name=name,
+            job_name=WORKFLOW_SEND_JOB,
+            minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            description=description,
+        )
+        def send_sensor(
+            context: dg.SensorEvaluationContext, app_db: AppDatabase, warehouse: Warehouse
+        ) -> dg.SensorResult | dg.SkipReason:
+            now = clock()
+            holding = held_back(context)
+            if holding is not None:
+                return dg.SkipReason(holding)
+            return tick(context, app_db, warehouse, now)
+
+        return send_sensor
+
+    return decorate
+
+
 def build_send_sensors(clock: Callable[[], datetime] = utc_now) -> list[dg.SensorDefinition]:
     """The two sensors; `clock` is the wall clock (tests fix it)."""
 
-    @dg.sensor(
-        name=ABANDONED_CHECKOUT_SENSOR,
-        job_name=WORKFLOW_SEND_JOB,
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Queues a recover_abandoned run per project with automatic recovery on and"
+    @_send_sensor(
+        ABANDONED_CHECKOUT_SENSOR,
+        "Queues a recover_abandoned run per project with automatic recovery on and"
         " checkouts abandoned in the last 24 hours since its last run (CONTRACT §7).",
+        clock,
     )
     def abandoned_checkout_sensor(
-        context: dg.SensorEvaluationContext, app_db: AppDatabase, warehouse: Warehouse
+        context: dg.SensorEvaluationContext,
+        app_db: AppDatabase,
+        warehouse: Warehouse,
+        now: datetime,
     ) -> dg.SensorResult | dg.SkipReason:
-        now = clock()
-        holding = held_back(context)
-        if holding is not None:
-            return dg.SkipReason(holding)
         tick = enqueue_recovery_runs(app_db, warehouse, now)
         if not tick.created:
             return dg.SkipReason(f"no recovery run queued: {tick.reason}")
@@ -317,21 +348,18 @@ def build_send_sensors(clock: Callable[[], datetime] = utc_now) -> list[dg.Senso
         ]
         return dg.SensorResult(run_requests=requests)
 
-    @dg.sensor(
-        name=WORKFLOW_RUNS_SENSOR,
-        job_name=WORKFLOW_SEND_JOB,
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Launches a workflow_send run for each queued workflow run (send_promo,"
+    @_send_sensor(
+        WORKFLOW_RUNS_SENSOR,
+        "Launches a workflow_send run for each queued workflow run (send_promo,"
         " onboard_users, post_update, recover_abandoned, re-queued runs).",
+        clock,
     )
     def workflow_runs_sensor(
-        context: dg.SensorEvaluationContext, app_db: AppDatabase, warehouse: Warehouse
+        context: dg.SensorEvaluationContext,
+        app_db: AppDatabase,
+        warehouse: Warehouse,
+        now: datetime,
     ) -> dg.SensorResult | dg.SkipReason:
-        now = clock()
-        holding = held_back(context)
-        if holding is not None:
-            return dg.SkipReason(holding)
         if not warehouse.published_path.exists():
             return dg.SkipReason("the warehouse is not built yet: queued workflow runs wait")
         queued = launchable_runs(app_db, now)

@@ -21,7 +21,7 @@ from runhub_pipeline.sends.digest import (
     next_digest_at,
     send_due_digests,
 )
-from runhub_pipeline.sends.runs import parse_time
+from runhub_pipeline.sends.stored import parse_time
 from tests.factories import insert_rows, project, stored, utc
 from tests.test_sends_runs import (  # noqa: F401 - release_connections: autouse fixture
     NOW,

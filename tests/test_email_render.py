@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from runhub_pipeline.sends.digest_context import CHART_DAYS, CHART_HEIGHT_PX, build_digest_context
+from runhub_pipeline.sends.digest_kpis import digest_insights, format_change
 from runhub_pipeline.sends.locales import (
     PLURAL_CATEGORIES,
     SUPPORTED_LOCALES,
@@ -20,16 +22,7 @@ from runhub_pipeline.sends.locales import (
     load_catalog,
     normalize_locale,
 )
-from runhub_pipeline.sends.render import (
-    CHART_DAYS,
-    CHART_HEIGHT_PX,
-    EMAIL_KINDS,
-    RenderError,
-    build_digest_context,
-    digest_insights,
-    format_change,
-    render_email,
-)
+from runhub_pipeline.sends.render import EMAIL_KINDS, RenderError, render_email
 
 NNBSP = "\u202f"
 NBSP = "\u00a0"

@@ -26,7 +26,8 @@ from runhub_pipeline.resources.email import FileOutboxTransport
 from runhub_pipeline.resources.warehouse import Warehouse
 from runhub_pipeline.sends.digest import send_due_digests
 from runhub_pipeline.sends.policy import LEASE_DURATION
-from runhub_pipeline.sends.runs import execute_run, reap_expired_leases
+from runhub_pipeline.sends.reaper import reap_expired_leases
+from runhub_pipeline.sends.runs import execute_run
 from tests.factories import insert_rows, project
 from tests.test_sends_runs import (  # noqa: F401 - release_connections: autouse fixture
     NOW,

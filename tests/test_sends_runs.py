@@ -25,16 +25,10 @@ from runhub_pipeline.assets.ingest import ensure_warehouse_schema
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.email import FileOutboxTransport, SmtpTransport
 from runhub_pipeline.resources.warehouse import Warehouse
+from runhub_pipeline.sends.lifecycle import LeaseLostError, StartedRun, heartbeat, start_run
 from runhub_pipeline.sends.policy import LEASE_DURATION, RECIPIENT_CAP
-from runhub_pipeline.sends.runs import (
-    LeaseLostError,
-    StartedRun,
-    execute_run,
-    heartbeat,
-    prune_sends,
-    reap_expired_leases,
-    start_run,
-)
+from runhub_pipeline.sends.reaper import prune_sends, reap_expired_leases
+from runhub_pipeline.sends.runs import execute_run
 from runhub_pipeline.settings import Settings
 from tests.factories import FIXED_NOW, business_event, insert_rows, project, stored
 

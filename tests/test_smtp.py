@@ -22,13 +22,14 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from runhub_pipeline.resources.email import EmailDeliveryError, SmtpTransport
+from runhub_pipeline.sends.digest_context import build_digest_context
 from runhub_pipeline.sends.message import (
     address_domain,
     build_message,
     make_message_id,
     unsubscribe_link,
 )
-from runhub_pipeline.sends.render import build_digest_context, render_email
+from runhub_pipeline.sends.render import render_email
 
 FROM = "Run Hub <no-reply@runhub.localhost>"
 REPORTED_DAY = date(2026, 3, 3)

@@ -28,6 +28,8 @@ import sqlalchemy as sa
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.email import EmailDeliveryError, EmailSender, EmailTransport
 from runhub_pipeline.resources.warehouse import Warehouse
+from runhub_pipeline.sends.digest_context import CHART_DAYS, build_digest_context
+from runhub_pipeline.sends.lifecycle import advancing_clock
 from runhub_pipeline.sends.locales import normalize_locale
 from runhub_pipeline.sends.message import address_domain, build_message, make_message_id
 from runhub_pipeline.sends.policy import (
@@ -47,14 +49,8 @@ from runhub_pipeline.sends.policy import (
     normalize_email,
 )
 from runhub_pipeline.sends.recipients import fetch_model
-from runhub_pipeline.sends.render import CHART_DAYS, RenderError, build_digest_context, render_email
-from runhub_pipeline.sends.runs import (
-    advancing_clock,
-    db_time,
-    lock_key,
-    parse_flag,
-    parse_time,
-)
+from runhub_pipeline.sends.render import RenderError, render_email
+from runhub_pipeline.sends.stored import db_time, lock_key, parse_flag, parse_time
 from runhub_pipeline.settings import Settings
 
 # business_kpi_daily value columns a digest reads (CONTRACT §5).

@@ -15,7 +15,8 @@ from runhub_pipeline.resources.email import EmailTransport
 from runhub_pipeline.resources.warehouse import Warehouse, utc_now
 from runhub_pipeline.sends.digest import send_due_digests
 from runhub_pipeline.sends.policy import FAILED
-from runhub_pipeline.sends.runs import execute_run, prune_sends, reap_expired_leases
+from runhub_pipeline.sends.reaper import prune_sends, reap_expired_leases
+from runhub_pipeline.sends.runs import execute_run
 from runhub_pipeline.settings import Settings, parse_utc
 
 WORKFLOW_SEND_JOB = "workflow_send"

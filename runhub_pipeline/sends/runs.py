@@ -1,37 +1,49 @@
-"""Workflow runs (CONTRACT §7): lease, exactly-once sends, outcome events, reaper and retention.
+"""Workflow runs (CONTRACT §7): plan a run's recipients and send to each exactly once.
 
 A run moves `queued -> running -> succeeded | failed`. Whoever starts it takes a lease
-(`lease_owner`, `lease_expires_at`) and extends it every HEARTBEAT_EVERY recipients; the reaper
-re-queues a run whose lease expired and fails it after MAX_ATTEMPTS.
+(`lease_owner`, `lease_expires_at`, see `sends.lifecycle`) and extends it every HEARTBEAT_EVERY
+recipients; the reaper (`sends.reaper`) re-queues a run whose lease expired and fails it after
+MAX_ATTEMPTS.
 
 Exactly once: each recipient is claimed in `workflow_sends` (key `workflow:{run_id}:{email}`,
 unique) in its own transaction before the e-mail is handed to the transport, and marked `sent`
-together with its outcome business event right after. A crash between the two leaves the claim
-`claimed`; the next attempt of the run (or the reaper) ends it `failed` with reason
-`interrupted`, and it is never sent again: the transport may or may not have delivered it, and a
-second copy is worse than none.
+together with its outcome business event right after (`sends.claims`). A crash between the two
+leaves the claim `claimed`; the next attempt of the run (or the reaper) ends it `failed` with
+reason `interrupted`, and it is never sent again: the transport may or may not have delivered it,
+and a second copy is worse than none.
 """
 
-import json
-import os
-import socket
-import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
-from runhub_pipeline.assets.ingest import window_bound
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.email import EmailDeliveryError, EmailSender, EmailTransport
 from runhub_pipeline.resources.warehouse import Warehouse
-from runhub_pipeline.sends.locales import normalize_locale
+from runhub_pipeline.sends.claims import (
+    claim,
+    mark_failed,
+    mark_sent,
+    paid_since_checkout,
+    recently_emailed_among,
+    suppressed_among,
+)
+from runhub_pipeline.sends.lifecycle import (
+    Clock,
+    LeaseLostError,
+    NotStarted,
+    StartedRun,
+    advancing_clock,
+    default_owner,
+    finish_run,
+    heartbeat,
+    start_run,
+)
 from runhub_pipeline.sends.message import (
     address_domain,
     build_message,
@@ -46,16 +58,10 @@ from runhub_pipeline.sends.policy import (
     FAILED,
     HEARTBEAT_EVERY,
     LEASE_DURATION,
-    MAX_ATTEMPTS,
     MAX_CONSECUTIVE_DELIVERY_FAILURES,
-    OUTCOME_EVENTS,
-    QUEUED,
     RECIPIENT_CAP,
-    RECIPIENT_COOLDOWN,
     RECOVER_ABANDONED,
-    RUN_COOLDOWNS,
     RUNNING,
-    SEND_RETENTION,
     SENT,
     SKIP_CAPPED,
     SKIP_INVALID_ADDRESS,
@@ -64,53 +70,17 @@ from runhub_pipeline.sends.policy import (
     SKIP_SUPPRESSED,
     SKIP_TRANSPORT_DOWN,
     SUCCEEDED,
-    InvalidRunError,
-    RunParams,
-    action_label,
     address_problem,
     email_kind,
     failure,
     failure_reason,
-    outcome_key,
-    parse_params,
     send_key,
 )
 from runhub_pipeline.sends.recipients import Recipient, audience, named_audience
 from runhub_pipeline.sends.render import RenderError, render_email
-from runhub_pipeline.settings import Settings, parse_utc
+from runhub_pipeline.sends.stored import iso
+from runhub_pipeline.settings import Settings
 from runhub_pipeline.watermark import current_watermark
-
-Clock = Callable[[], datetime]
-
-
-class LeaseLostError(RuntimeError):
-    """Another worker holds the run now (the reaper re-queued it); this worker must stop."""
-
-
-@dataclass(frozen=True)
-class StartedRun:
-    """A run this worker holds the lease of."""
-
-    run_id: str
-    project_id: str
-    action_id: str
-    params: RunParams
-    attempt: int
-    owner: str
-    project_name: str
-    locale: str
-
-    @property
-    def label(self) -> str:
-        return action_label(self.action_id, self.params)
-
-
-@dataclass(frozen=True)
-class NotStarted:
-    """Why a run was not started; `failed` when this refusal failed the run (it is final)."""
-
-    reason: str
-    failed: bool = False
 
 
 @dataclass
@@ -124,464 +94,6 @@ class RunReport:
     locale: str = ""
     sent_now: int = 0
     result: dict[str, Any] = field(default_factory=dict)
-
-
-# --- values as each dialect stores them --------------------------------------------------------
-
-
-def db_time(app_db: AppDatabase, moment: datetime) -> object:
-    """A time to bind: fixed-width UTC text on SQLite (so text comparisons order as times)."""
-    return window_bound(app_db, moment)
-
-
-def coarse_since(app_db: AppDatabase, moment: datetime) -> object:
-    """A lower bound safe against app-written times: on SQLite they may be any ISO-8601 text, so
-    compare with a date a day earlier and filter exactly in Python after parsing."""
-    if app_db.dialect == "sqlite":
-        return (moment - timedelta(days=1)).date().isoformat()
-    return moment
-
-
-def parse_time(value: object) -> datetime | None:
-    """A stored time as an aware UTC datetime; None when missing or not a time."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if isinstance(value, str) and value.strip():
-        try:
-            return parse_utc(value)
-        except ValueError:
-            return None
-    return None
-
-
-def parse_json(value: object) -> dict[str, Any]:
-    """A JSON object column (jsonb on PostgreSQL, text on SQLite); {} when absent or garbage."""
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str | bytes):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-    return {}
-
-
-def parse_flag(value: object) -> bool:
-    """A boolean column as the app may have stored it (true, 1, 't', 'yes' ...)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return value != 0
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
-    return False
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat() if moment is not None else None
-
-
-def default_owner() -> str:
-    """A lease owner that names this process: host, pid and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def advancing_clock(now: datetime) -> Clock:
-    """`now`, then moving forward with the monotonic clock: leases and sent_at during a long run."""
-    started = time.monotonic()
-    return lambda: now + timedelta(seconds=time.monotonic() - started)
-
-
-def lock_key(app_db: AppDatabase, connection: Connection, key: str) -> None:
-    """Serialize writers of `key` on PostgreSQL; SQLite writers already queue at BEGIN."""
-    if app_db.dialect == "postgresql":
-        connection.execute(sa.text("select pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
-
-
-# --- run lifecycle ------------------------------------------------------------------------------
-
-_SELECT_RUN = sa.text(
-    "select id, project_id, action_id, status, attempts, params, created_at"
-    " from workflow_runs where id = :run_id"
-)
-_FAIL_QUEUED = sa.text(
-    "update workflow_runs set status = :failed, error = :error, completed_at = :now"
-    " where id = :run_id and status = :queued"
-)
-
-
-def fail_queued_run(app_db: AppDatabase, run_id: str, error: str, now: datetime) -> bool:
-    """Fail a run that is still queued, with its reason on the row; False if it was not queued."""
-    with app_db.begin() as connection:
-        updated = connection.execute(
-            _FAIL_QUEUED,
-            {
-                "failed": FAILED,
-                "queued": QUEUED,
-                "error": error,
-                "now": db_time(app_db, now),
-                "run_id": run_id,
-            },
-        )
-    return updated.rowcount == 1
-
-
-def start_run(
-    app_db: AppDatabase, run_id: str, owner: str, now: datetime
-) -> StartedRun | NotStarted:
-    """Take a queued run's lease; returns the started run, or why it was not started.
-
-    A first attempt honours the action's run cooldown (CONTRACT §7); a run with an unknown action
-    or malformed params, or of an unknown project, is failed with the reason on its row.
-    """
-    with app_db.begin() as connection:
-        row = connection.execute(_SELECT_RUN, {"run_id": run_id}).first()
-        if row is None:
-            return NotStarted(f"no workflow run {run_id!r}")
-        if row.status != QUEUED:
-            return NotStarted(f"run {run_id} is {row.status}, not queued")
-        lock_key(app_db, connection, f"workflow_runs:{row.project_id}:{row.action_id}")
-        attempts = _int(row.attempts)
-        project = connection.execute(
-            sa.text("select name, locale from projects where project_id = :project_id"),
-            {"project_id": row.project_id},
-        ).first()
-        try:
-            params = parse_params(row.action_id, row.params)
-            if project is None:
-                raise InvalidRunError(f"unknown project {row.project_id!r}")
-            if attempts >= MAX_ATTEMPTS:
-                raise InvalidRunError(f"gave up after {attempts} attempts")
-            if attempts == 0:
-                _check_run_cooldown(app_db, connection, row, now)
-        except InvalidRunError as error:
-            connection.execute(
-                _FAIL_QUEUED,
-                {
-                    "failed": FAILED,
-                    "queued": QUEUED,
-                    "error": str(error),
-                    "now": db_time(app_db, now),
-                    "run_id": run_id,
-                },
-            )
-            return NotStarted(f"run {run_id} failed: {error}", failed=True)
-        started = connection.execute(
-            sa.text(
-                "update workflow_runs set status = :running, attempts = :attempt,"
-                " lease_owner = :owner, lease_expires_at = :expires,"
-                " started_at = coalesce(started_at, :now), error = null"
-                " where id = :run_id and status = :queued"
-            ),
-            {
-                "running": RUNNING,
-                "queued": QUEUED,
-                "attempt": attempts + 1,
-                "owner": owner,
-                "expires": db_time(app_db, now + LEASE_DURATION),
-                "now": db_time(app_db, now),
-                "run_id": run_id,
-            },
-        )
-        if started.rowcount != 1:
-            return NotStarted(f"run {run_id} was started by another worker")
-        # Claims an earlier attempt left behind were interrupted between claim and mark.
-        _end_interrupted_claims(
-            connection, [run_id], f"attempt {attempts} stopped before marking it"
-        )
-    return StartedRun(
-        run_id=run_id,
-        project_id=row.project_id,
-        action_id=row.action_id,
-        params=params,
-        attempt=attempts + 1,
-        owner=owner,
-        project_name=(project.name or "").strip() or row.project_id,
-        locale=normalize_locale(params.locale or project.locale),
-    )
-
-
-def _int(value: object) -> int:
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return 0
-
-
-def _check_run_cooldown(
-    app_db: AppDatabase, connection: Connection, run: sa.Row[Any], now: datetime
-) -> None:
-    """Raise InvalidRunError when another run of the action blocks this one (CONTRACT §7).
-
-    A run blocks when it is not failed, was created within the cooldown, and either has started
-    (running, succeeded, or re-queued after an attempt) or is queued ahead of this one.
-    """
-    cooldown = RUN_COOLDOWNS[run.action_id]
-    mine = (parse_time(run.created_at) or now, run.id)
-    others = connection.execute(
-        sa.text(
-            "select id, status, attempts, created_at from workflow_runs"
-            " where project_id = :project_id and action_id = :action_id and id <> :run_id"
-            " and (status is null or status <> :failed) and created_at >= :since"
-        ),
-        {
-            "project_id": run.project_id,
-            "action_id": run.action_id,
-            "run_id": run.id,
-            "failed": FAILED,
-            "since": coarse_since(app_db, now - cooldown),
-        },
-    )
-    for other in others:
-        created = parse_time(other.created_at)
-        if created is None or created < now - cooldown:
-            continue
-        ahead = other.status != QUEUED or _int(other.attempts) > 0 or (created, other.id) < mine
-        if ahead:
-            minutes = int(cooldown.total_seconds() // 60)
-            raise InvalidRunError(
-                f"cooldown: {run.action_id} run {other.id} ({other.status}) was created at"
-                f" {created.isoformat()}, less than {minutes} minutes ago"
-            )
-
-
-def heartbeat(app_db: AppDatabase, run: StartedRun, now: datetime) -> None:
-    """Extend the lease; raises LeaseLostError if this worker no longer holds it."""
-    with app_db.begin() as connection:
-        extended = connection.execute(
-            sa.text(
-                "update workflow_runs set lease_expires_at = :expires"
-                " where id = :run_id and lease_owner = :owner and status = :running"
-            ),
-            {
-                "expires": db_time(app_db, now + LEASE_DURATION),
-                "run_id": run.run_id,
-                "owner": run.owner,
-                "running": RUNNING,
-            },
-        )
-    if extended.rowcount != 1:
-        raise LeaseLostError(f"run {run.run_id}: lease of {run.owner} expired and was taken over")
-
-
-def finish_run(
-    app_db: AppDatabase,
-    run: StartedRun,
-    status: str,
-    result: Mapping[str, Any],
-    error: str | None,
-    now: datetime,
-) -> bool:
-    """Record the outcome; False if the lease was lost meanwhile (the new holder finishes it)."""
-    with app_db.begin() as connection:
-        finished = connection.execute(
-            sa.text(
-                "update workflow_runs set status = :status, result = :result, error = :error,"
-                " completed_at = :now, lease_expires_at = null"
-                " where id = :run_id and lease_owner = :owner and status = :running"
-            ),
-            {
-                "status": status,
-                "result": json.dumps(result, sort_keys=True),
-                "error": error,
-                "now": db_time(app_db, now),
-                "run_id": run.run_id,
-                "owner": run.owner,
-                "running": RUNNING,
-            },
-        )
-    return finished.rowcount == 1
-
-
-def _end_interrupted_claims(connection: Connection, run_ids: Sequence[str], detail: str) -> int:
-    if not run_ids:
-        return 0
-    ended = connection.execute(
-        sa.text(
-            "update workflow_sends set status = :failed, error = :error"
-            " where run_id in :run_ids and status = :claimed"
-        ).bindparams(sa.bindparam("run_ids", expanding=True)),
-        {
-            "failed": FAILED,
-            "claimed": CLAIMED,
-            "error": failure(FAIL_INTERRUPTED, detail),
-            "run_ids": list(run_ids),
-        },
-    )
-    return int(ended.rowcount)
-
-
-# --- one recipient: claim, send, mark --------------------------------------------------------
-
-
-def claim(app_db: AppDatabase, run: StartedRun, email: str, now: datetime) -> str:
-    """Claim `email` for this run: returns CLAIMED, a skip reason, or the status of an earlier
-    claim of the same key. The suppression list and the 24-hour cooldown are checked again in
-    the claiming transaction, so concurrent runs of a project never both mail an address."""
-    key = send_key(run.run_id, email)
-    with app_db.begin() as connection:
-        lock_key(app_db, connection, f"workflow_sends:{run.project_id}:{email}")
-        existing = connection.execute(
-            sa.text("select status from workflow_sends where idempotency_key = :key"),
-            {"key": key},
-        ).first()
-        if existing is not None:
-            return str(existing.status)
-        if _suppressed(connection, run.project_id, [email]):
-            return SKIP_SUPPRESSED
-        if _recently_emailed(app_db, connection, run, [email], now):
-            return SKIP_RECENTLY_EMAILED
-        connection.execute(
-            sa.text(
-                "insert into workflow_sends"
-                " (project_id, run_id, action_id, email, status, idempotency_key, created_at)"
-                " values (:project_id, :run_id, :action_id, :email, :claimed, :key, :now)"
-            ),
-            {
-                "project_id": run.project_id,
-                "run_id": run.run_id,
-                "action_id": run.action_id,
-                "email": email,
-                "claimed": CLAIMED,
-                "key": key,
-                "now": db_time(app_db, now),
-            },
-        )
-    return CLAIMED
-
-
-def mark_sent(app_db: AppDatabase, run: StartedRun, email: str, now: datetime) -> bool:
-    """Mark a claim sent and record its outcome business event, in one transaction."""
-    with app_db.begin() as connection:
-        marked = connection.execute(
-            sa.text(
-                "update workflow_sends set status = :sent, sent_at = :now, error = null"
-                " where idempotency_key = :key and status = :claimed"
-            ),
-            {
-                "sent": SENT,
-                "claimed": CLAIMED,
-                "now": db_time(app_db, now),
-                "key": send_key(run.run_id, email),
-            },
-        )
-        if marked.rowcount != 1:
-            return False
-        key = outcome_key(run.run_id, email)
-        recorded = connection.execute(
-            sa.text(
-                "select 1 from business_events"
-                " where project_id = :project_id and idempotency_key = :key"
-            ),
-            {"project_id": run.project_id, "key": key},
-        ).first()
-        if recorded is None:
-            connection.execute(
-                sa.text(
-                    "insert into business_events"
-                    " (project_id, event_type, occurred_at, idempotency_key, actor_email, payload)"
-                    " values (:project_id, :event_type, :now, :key, :email, :payload)"
-                ),
-                {
-                    "project_id": run.project_id,
-                    "event_type": OUTCOME_EVENTS[run.action_id],
-                    "now": db_time(app_db, now),
-                    "key": key,
-                    "email": email,
-                    "payload": json.dumps({"run_id": run.run_id}),
-                },
-            )
-    return True
-
-
-def mark_failed(app_db: AppDatabase, run: StartedRun, email: str, error: str) -> None:
-    with app_db.begin() as connection:
-        connection.execute(
-            sa.text(
-                "update workflow_sends set status = :failed, error = :error"
-                " where idempotency_key = :key and status = :claimed"
-            ),
-            {
-                "failed": FAILED,
-                "claimed": CLAIMED,
-                "error": error,
-                "key": send_key(run.run_id, email),
-            },
-        )
-
-
-def _suppressed(connection: Connection, project_id: str, emails: Sequence[str]) -> set[str]:
-    rows = connection.execute(
-        sa.text(
-            "select lower(trim(email)) as email from inhouse_email_suppressions"
-            " where project_id = :project_id and lower(trim(email)) in :emails"
-        ).bindparams(sa.bindparam("emails", expanding=True)),
-        {"project_id": project_id, "emails": list(emails)},
-    )
-    return {row.email for row in rows}
-
-
-def _recently_emailed(
-    app_db: AppDatabase,
-    connection: Connection,
-    run: StartedRun,
-    emails: Sequence[str],
-    now: datetime,
-) -> set[str]:
-    """Addresses with a workflow e-mail of the project, from another run, claimed in the last 24
-    hours that is `claimed`, `sent`, or an interrupted claim (it may have gone out)."""
-    rows = connection.execute(
-        sa.text(
-            "select distinct email from workflow_sends"
-            " where project_id = :project_id and email in :emails and run_id <> :run_id"
-            " and created_at >= :since"
-            " and (status in (:claimed, :sent) or (status = :failed and error like :interrupted))"
-        ).bindparams(sa.bindparam("emails", expanding=True)),
-        {
-            "project_id": run.project_id,
-            "emails": list(emails),
-            "run_id": run.run_id,
-            "since": db_time(app_db, now - RECIPIENT_COOLDOWN),
-            "claimed": CLAIMED,
-            "sent": SENT,
-            "failed": FAILED,
-            "interrupted": f"{FAIL_INTERRUPTED}%",
-        },
-    )
-    return {row.email for row in rows}
-
-
-def _paid_since_checkout(
-    app_db: AppDatabase, run: StartedRun, batch: Sequence[Recipient], now: datetime
-) -> set[str]:
-    """Recovery recipients who paid (same address or checkout session) by `now`, read from the
-    app database itself: the warehouse only knows payments up to its watermark."""
-    if not batch:
-        return set()
-    earliest = min(recipient.qualified_at for recipient in batch)
-    rows = app_db.fetch_all(
-        "select lower(trim(actor_email)) as email, trim(session_id) as session_id, occurred_at"
-        " from business_events"
-        " where received_at >= :since and trim(project_id) = :project_id"
-        " and lower(trim(event_type)) = 'payment_succeeded'",
-        # An event's occurred_at is at most a day after its received_at (CONTRACT §4).
-        {"since": db_time(app_db, earliest - timedelta(days=1)), "project_id": run.project_id},
-    )
-    paid: set[str] = set()
-    by_session = {s: r.email for r in batch for s in r.session_ids}
-    starts = {r.email: r.qualified_at for r in batch}
-    for row in rows:
-        occurred = parse_time(row.occurred_at)
-        if occurred is None or occurred > now:
-            continue
-        for email in (row.email, by_session.get(row.session_id)):
-            if email in starts and occurred >= starts[email]:
-                paid.add(email)
-    return paid
-
-
-# --- a whole run --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -625,8 +137,8 @@ def plan_run(app_db: AppDatabase, warehouse: Warehouse, run: StartedRun, now: da
         suppressed: set[str] = set()
         recent: set[str] = set()
         for chunk in _chunks(emails, 500):
-            suppressed |= _suppressed(connection, run.project_id, chunk)
-            recent |= _recently_emailed(app_db, connection, run, chunk, now)
+            suppressed |= suppressed_among(connection, run.project_id, chunk)
+            recent |= recently_emailed_among(app_db, connection, run, chunk, now)
     to_send: list[Recipient] = []
     slots = RECIPIENT_CAP - len(own)
     for recipient in valid:
@@ -734,7 +246,7 @@ def _send_all(
                 heartbeat(app_db, run, last_beat)
             paid: set[str] = set()
             if run.action_id == RECOVER_ABANDONED and stopped is None:
-                paid = _paid_since_checkout(app_db, run, batch, clock())
+                paid = paid_since_checkout(app_db, run, batch, clock())
             for recipient in batch:
                 if stopped is not None:
                     plan.skipped[SKIP_TRANSPORT_DOWN] += 1
@@ -819,68 +331,3 @@ def _final_status(result: Mapping[str, Any], stopped: str | None) -> tuple[str, 
     if result["sent"] == 0 and result["failed"] > 0:
         return FAILED, f"all {result['failed']} sends failed: {result['failure_reasons']}"
     return SUCCEEDED, None
-
-
-# --- reaper and retention -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReapReport:
-    requeued: list[str]
-    failed: list[str]
-
-
-def reap_expired_leases(app_db: AppDatabase, now: datetime) -> ReapReport:
-    """Re-queue running runs whose lease expired; fail those that used all MAX_ATTEMPTS.
-
-    Claims the dead worker left `claimed` end `failed` (interrupted) in the same transaction.
-    """
-    requeued: list[str] = []
-    failed: list[str] = []
-    with app_db.begin() as connection:
-        rows = connection.execute(
-            sa.text(
-                "select id, attempts, lease_owner, lease_expires_at from workflow_runs"
-                " where status = :running"
-            ),
-            {"running": RUNNING},
-        ).all()
-        for row in rows:
-            expires = parse_time(row.lease_expires_at)
-            if expires is not None and expires >= now:
-                continue
-            attempts = _int(row.attempts)
-            detail = (
-                f"lease of {row.lease_owner} expired at {iso(expires)}"
-                f" on attempt {attempts} of {MAX_ATTEMPTS}"
-            )
-            give_up = attempts >= MAX_ATTEMPTS
-            connection.execute(
-                sa.text(
-                    "update workflow_runs set status = :status, error = :error,"
-                    " lease_owner = null, lease_expires_at = null,"
-                    " completed_at = case when :give_up then :now else completed_at end"
-                    " where id = :run_id and status = :running"
-                ),
-                {
-                    "status": FAILED if give_up else QUEUED,
-                    "error": f"{detail}; {'gave up' if give_up else 're-queued'}",
-                    "give_up": give_up,
-                    "now": db_time(app_db, now),
-                    "run_id": row.id,
-                    "running": RUNNING,
-                },
-            )
-            (failed if give_up else requeued).append(row.id)
-        _end_interrupted_claims(connection, [*requeued, *failed], "lease expired")
-    return ReapReport(requeued=requeued, failed=failed)
-
-
-def prune_sends(app_db: AppDatabase, now: datetime) -> int:
-    """Delete `workflow_sends` rows created more than SEND_RETENTION ago; returns how many."""
-    with app_db.begin() as connection:
-        deleted = connection.execute(
-            sa.text("delete from workflow_sends where created_at < :cutoff and status <> :claimed"),
-            {"cutoff": db_time(app_db, now - SEND_RETENTION), "claimed": CLAIMED},
-        )
-    return int(deleted.rowcount)
