@@ -42,12 +42,17 @@ from generate_series(1, %s) as g
 """
 
 
-def _query() -> str:
+def source_query(table: str) -> str:
+    """What ingestion reads from an event table, unwindowed: id, received_at, the rest as text."""
     app_db = AppDatabase(url="postgresql://unused/x")
-    _, columns = EVENT_SOURCES["business_events"]
-    return source_select(app_db, "business_events", columns, windowed=False).replace(
+    _, columns = EVENT_SOURCES[table]
+    return source_select(app_db, table, columns, windowed=False).replace(
         "select\n", "select id, received_at,\n", 1
     )
+
+
+def _query() -> str:
+    return source_query("business_events")
 
 
 def read_adbc(url: str, sql: str) -> int:

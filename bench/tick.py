@@ -1,0 +1,144 @@
+"""(a) The steady-state tick: one 15-minute window run end to end, against the two-day rollup.
+
+The window job runs the way `runhub backfill` and the sensors' runs do: a Dagster run of
+`window_job` on the home's DagsterInstance (`orchestration.execute_window_range`), in this
+process so that every app-database read can be metered client-side (`bench.meter`). Right after
+it, on the same data, the rollup it replaces upserts daily counts and sums per project over the
+last two days of `business_events` into a bench-owned table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+
+from bench.meter import metered, server_tuples_read
+from bench.runlog import RunTimings, run_timings
+from bench.workload import WINDOW, BenchHome, count_events
+
+ROLLUP_TABLE = """
+create table if not exists bench_rollup_daily (
+    project_id text not null,
+    day date not null,
+    events bigint not null,
+    money_events bigint not null,
+    amount_cents bigint not null,
+    updated_at timestamptz not null,
+    primary key (project_id, day)
+)
+"""
+
+# The rollup the pipeline replaces, run every 15 minutes. It is given the received_at index:
+# rows received in the last two days, grouped by the project and the UTC day they occurred.
+ROLLUP = """
+insert into bench_rollup_daily as r
+    (project_id, day, events, money_events, amount_cents, updated_at)
+select
+    project_id,
+    (occurred_at at time zone 'UTC')::date as day,
+    count(*),
+    count(amount_cents),
+    coalesce(sum(amount_cents), 0),
+    now()
+from business_events
+where received_at >= %(t)s - interval '2 days' and received_at < %(t)s
+    and project_id is not null and occurred_at is not null
+group by 1, 2
+on conflict (project_id, day) do update set
+    events = excluded.events,
+    money_events = excluded.money_events,
+    amount_cents = excluded.amount_cents,
+    updated_at = excluded.updated_at
+"""
+
+STATS_SETTLE_SECONDS = 1.2
+
+
+@dataclass(frozen=True)
+class RollupSample:
+    seconds: float
+    rows_upserted: int
+    server_tuples: int
+
+
+@dataclass(frozen=True)
+class TickSample:
+    window: datetime
+    success: bool
+    failure: str | None
+    new_rows: int
+    call_to_first_event: float
+    timings: RunTimings
+    source_read_seconds: float
+    source_rows: int
+    source_statements: int
+    rows_by_query: dict[str, int]
+    write_seconds: float
+    server_tuples: int
+    rollup: RollupSample
+    call_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def launch(self) -> float:
+        return self.call_to_first_event + self.timings.launch
+
+
+def run_rollup(url: str, as_of: datetime) -> RollupSample:
+    with psycopg.connect(url) as connection:
+        connection.execute(ROLLUP_TABLE)
+        connection.commit()
+    before = server_tuples_read(url)
+    with psycopg.connect(url) as connection:
+        started = time.perf_counter()
+        cursor = connection.execute(ROLLUP, {"t": as_of})
+        connection.commit()
+        seconds = time.perf_counter() - started
+        rows = cursor.rowcount
+    time.sleep(STATS_SETTLE_SECONDS)
+    return RollupSample(seconds, rows, server_tuples_read(url) - before)
+
+
+def measure_tick(home: BenchHome, window: datetime) -> TickSample:
+    """Run the window `[window, window + 15 min)` as one Dagster run and meter it."""
+    from runhub_pipeline.orchestration import dagster_instance, execute_window_range
+    from runhub_pipeline.resources.app_db import AppDatabase
+    from runhub_pipeline.settings import Settings
+
+    new_rows = sum(count_events(home.app_db_url, window, window + WINDOW).values())
+    with home.activated():
+        settings = Settings.from_env(home.environ())
+        app_db = AppDatabase(url=settings.app_db_url)
+        time.sleep(STATS_SETTLE_SECONDS)
+        tuples_before = server_tuples_read(home.app_db_url)
+        with metered(app_db) as use:
+            called = time.time()
+            started = time.perf_counter()
+            outcome = execute_window_range(settings, window, window)
+            call_seconds = time.perf_counter() - started
+        app_db.engine.dispose()  # closed backends report their table statistics
+        time.sleep(STATS_SETTLE_SECONDS)
+        server_tuples = server_tuples_read(home.app_db_url) - tuples_before
+        with dagster_instance(settings) as instance:
+            timings = run_timings(instance, outcome.run_id)
+            first = min(entry.timestamp for entry in instance.all_logs(outcome.run_id))
+    rollup = run_rollup(home.app_db_url, window + WINDOW)
+    return TickSample(
+        window=window,
+        success=outcome.success,
+        failure=outcome.failure,
+        new_rows=new_rows,
+        call_to_first_event=max(first - called, 0.0),
+        timings=timings,
+        source_read_seconds=use.read_seconds,
+        source_rows=use.read_rows,
+        source_statements=use.read_statements,
+        rows_by_query=dict(use.rows_by_query),
+        write_seconds=use.write_seconds,
+        server_tuples=server_tuples,
+        rollup=rollup,
+        call_seconds=call_seconds,
+    )
