@@ -2,9 +2,9 @@
 
 Two paths reach the app database: SQLAlchemy statements on the process-wide engine
 (`AppDatabase.engine`: counts, snapshots of checks, serving writes) and ADBC Arrow reads
-(`AppDatabase.arrow_batches`: event windows and the app-table snapshots). The meter listens to
-the engine's cursor events and wraps `arrow_batches` on the class for the duration of a block;
-it times only the database side (a generator's `next`, a cursor's execute), not what the
+(`SourceReader.batches`: event windows and the app-table snapshots). The meter listens to
+the engine's cursor events and wraps `SourceReader.batches` on the class for the duration of a
+block; it times only the database side (a generator's `next`, a cursor's execute), not what the
 caller does with the rows. Statements with a result are reads; the others are writes.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from runhub_pipeline.resources.app_db import AppDatabase
+from runhub_pipeline.resources.app_db import AppDatabase, SourceReader
 
 
 @dataclass
@@ -64,10 +64,10 @@ def metered(app_db: AppDatabase) -> Iterator[SourceUse]:
             use.write_seconds += seconds
             use.write_statements += 1
 
-    original = AppDatabase.arrow_batches
+    original = SourceReader.batches
 
-    def arrow_batches(
-        self: AppDatabase, sql: str, params: Sequence[Any] = (), *args: Any, **kwargs: Any
+    def batches(
+        self: SourceReader, sql: str, params: Sequence[Any] = (), *args: Any, **kwargs: Any
     ) -> Iterator[pa.RecordBatch]:
         batches = original(self, sql, params, *args, **kwargs)
         seconds, rows = 0.0, 0
@@ -87,11 +87,11 @@ def metered(app_db: AppDatabase) -> Iterator[SourceUse]:
 
     sa.event.listen(engine, "before_cursor_execute", before)
     sa.event.listen(engine, "after_cursor_execute", after)
-    AppDatabase.arrow_batches = arrow_batches  # type: ignore[method-assign]
+    SourceReader.batches = batches  # type: ignore[method-assign]
     try:
         yield use
     finally:
-        AppDatabase.arrow_batches = original  # type: ignore[method-assign]
+        SourceReader.batches = original  # type: ignore[method-assign]
         sa.event.remove(engine, "after_cursor_execute", after)
         sa.event.remove(engine, "before_cursor_execute", before)
 

@@ -17,7 +17,7 @@ from bench.report import Figure, table
 from bench.runlog import run_timings
 from bench.sensor_tick import load_sensor_data
 from bench.tick import run_rollup
-from runhub_pipeline.resources.app_db import AppDatabase
+from runhub_pipeline.resources.app_db import AppDatabase, SourceReader
 
 END = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -40,7 +40,7 @@ def test_the_meter_counts_reads_on_both_paths_and_restores_them(
     postgres_app_db: AppDatabase,
 ) -> None:
     load_sensor_data(postgres_app_db.url, projects=4, recipients=1, end=END)
-    original = AppDatabase.arrow_batches
+    original = SourceReader.batches
     with metered(postgres_app_db) as use:
         postgres_app_db.fetch_all("select project_id from projects")
         rows = sum(
@@ -50,7 +50,7 @@ def test_the_meter_counts_reads_on_both_paths_and_restores_them(
     assert rows == 4
     assert use.read_rows == 8 and use.read_statements == 2 and use.write_statements == 1
     assert use.rows_by_query == {"projects": 8}
-    assert AppDatabase.arrow_batches is original
+    assert SourceReader.batches is original
 
 
 def test_peak_rss_samples_a_process_tree() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from runhub_pipeline.resources.app_db import AppDatabase
 from tests.factories import (
     analytics_event,
@@ -196,3 +198,14 @@ def test_dedupe_keeps_the_earliest_copy_across_windows(app_db: AppDatabase, tmp_
         (W1, (1, 0, 1, 0)),
         (W2, (4, 3, 1, 0)),
     ]
+
+
+@pytest.mark.postgres
+def test_a_sqlalchemy_driver_url_reads_through_adbc(postgres_app_db: AppDatabase) -> None:
+    """`postgresql+psycopg://` (SQLAlchemy's spelling) must reach ADBC as a libpq URL."""
+    insert_rows(postgres_app_db, "projects", [project("p1"), project("p2")])
+    spelled = AppDatabase(url=postgres_app_db.url.replace("postgresql://", "postgresql+psycopg://"))
+    with spelled.source_reader() as reader:
+        first = sum(b.num_rows for b in reader.batches("select project_id from projects"))
+        second = sum(b.num_rows for b in reader.batches("select 1 where false"))
+    assert (first, second) == (2, 0)

@@ -7,14 +7,12 @@ every ingest. Everything a call reads replaces what the same windows held before
 transaction.
 """
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
 import duckdb
 import jinja2
-import pyarrow as pa
 
 from runhub_pipeline.models import render_model, run_model, statements_of
 from runhub_pipeline.resources.app_db import AppDatabase
@@ -158,13 +156,6 @@ def ensure_warehouse_schema(connection: duckdb.DuckDBPyConnection) -> None:
         connection.execute(statement)
 
 
-def _batches(
-    app_db: AppDatabase, table: str, columns: tuple[str, ...], start: datetime, end: datetime
-) -> Iterator[pa.RecordBatch]:
-    sql = source_select(app_db, table, columns, windowed=True)
-    yield from app_db.arrow_batches(sql, [window_bound(app_db, start), window_bound(app_db, end)])
-
-
 def ingest_windows(
     app_db: AppDatabase,
     connection: duckdb.DuckDBPyConnection,
@@ -178,22 +169,25 @@ def ingest_windows(
     """
     ensure_warehouse_schema(connection)
     bounds = {"window_start": window_start, "window_end": window_end}
+    window = [window_bound(app_db, window_start), window_bound(app_db, window_end)]
     counts: dict[str, int] = {}
-    for table, (raw_table, columns) in EVENT_SOURCES.items():
-        run_model(connection, "raw_events_delete", bounds, raw_table=raw_table)
-        counts[table] = 0
-        for batch in _batches(app_db, table, columns, window_start, window_end):
-            connection.register("_source_batch", batch)
-            run_model(connection, "raw_events", raw_table=raw_table, columns=columns)
-            connection.unregister("_source_batch")
-            counts[table] += batch.num_rows
-    for table, (raw_table, columns) in SNAPSHOT_SOURCES.items():
-        run_model(connection, "raw_snapshot_delete", raw_table=raw_table)
-        sql = source_select(app_db, table, columns, windowed=False)
-        for batch in app_db.arrow_batches(sql):
-            connection.register("_source_batch", batch)
-            run_model(connection, "raw_snapshot", raw_table=raw_table, columns=columns)
-            connection.unregister("_source_batch")
+    with app_db.source_reader() as reader:
+        for table, (raw_table, columns) in EVENT_SOURCES.items():
+            run_model(connection, "raw_events_delete", bounds, raw_table=raw_table)
+            counts[table] = 0
+            sql = source_select(app_db, table, columns, windowed=True)
+            for batch in reader.batches(sql, window):
+                connection.register("_source_batch", batch)
+                run_model(connection, "raw_events", raw_table=raw_table, columns=columns)
+                connection.unregister("_source_batch")
+                counts[table] += batch.num_rows
+        for table, (raw_table, columns) in SNAPSHOT_SOURCES.items():
+            run_model(connection, "raw_snapshot_delete", raw_table=raw_table)
+            sql = source_select(app_db, table, columns, windowed=False)
+            for batch in reader.batches(sql):
+                connection.register("_source_batch", batch)
+                run_model(connection, "raw_snapshot", raw_table=raw_table, columns=columns)
+                connection.unregister("_source_batch")
     windows = int((window_end - window_start).total_seconds() // 900)
     return IngestResult(source_rows=counts, windows=windows)
 

@@ -112,65 +112,101 @@ class AppDatabase(dg.ConfigurableResource):
         schema: pa.Schema | None = None,
         batch_rows: int = ARROW_BATCH_ROWS,
     ) -> Iterator[pa.RecordBatch]:
-        """Stream a query's rows as Arrow record batches of at most `batch_rows` rows.
+        """Stream one query's rows as Arrow record batches (see `SourceReader.batches`)."""
+        with self.source_reader(batch_rows) as reader:
+            yield from reader.batches(sql, params, schema)
 
-        `sql` uses positional placeholders: `$1, $2` on PostgreSQL, `?` on SQLite (see
-        `placeholder`). Columns are cast to `schema` when it is given.
+    @contextmanager
+    def source_reader(self, batch_rows: int = ARROW_BATCH_ROWS) -> Iterator[SourceReader]:
+        """One read-only source connection for several bulk reads.
+
+        An ingest reads five tables; one connection instead of five saves a PostgreSQL
+        connection set-up (~40 ms with ADBC) per table on every 15-minute tick.
         """
-        if self.dialect == "postgresql":
-            yield from _postgres_batches(self.url, sql, params, schema)
-        else:
-            yield from _sqlite_batches(self.url, sql, params, schema, batch_rows)
+        reader = SourceReader(self.url, self.dialect, batch_rows)
+        try:
+            yield reader
+        finally:
+            reader.close()
 
     def placeholder(self, position: int) -> str:
         """The positional placeholder for `arrow_batches`, 1-based."""
         return f"${position}" if self.dialect == "postgresql" else "?"
 
 
-def _postgres_batches(
-    url: str, sql: str, params: Sequence[Any], schema: pa.Schema | None
-) -> Iterator[pa.RecordBatch]:
-    import adbc_driver_postgresql.dbapi as adbc
+def _libpq_url(url: str) -> str:
+    """The URL as libpq spells it: no SQLAlchemy `+driver` suffix, `postgresql://` scheme."""
+    return "postgresql://" + url.split("://", 1)[1]
 
-    try:
-        connection = adbc.connect(url.replace("postgres://", "postgresql://", 1))
-    except adbc.Error as error:
-        first_line = str(error).splitlines()[0]
-        raise AppDbError(f"cannot connect to the app database: {first_line}") from error
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("set time zone 'UTC'")
+
+class SourceReader:
+    """Bulk reads over one connection: ADBC (COPY-based, Arrow out) on PostgreSQL, a read-only
+    cursor on SQLite; opened on first use, closed by `AppDatabase.source_reader`."""
+
+    def __init__(self, url: str, dialect: Dialect, batch_rows: int) -> None:
+        self._url = url
+        self._dialect = dialect
+        self._batch_rows = batch_rows
+        self._connection: Any = None
+
+    def batches(
+        self, sql: str, params: Sequence[Any] = (), schema: pa.Schema | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a query's rows as Arrow record batches of bounded size.
+
+        `sql` uses positional placeholders: `$1, $2` on PostgreSQL, `?` on SQLite (see
+        `AppDatabase.placeholder`). Columns are cast to `schema` when it is given.
+        """
+        if self._dialect == "postgresql":
+            yield from self._postgres_batches(sql, params, schema)
+        else:
+            yield from self._sqlite_batches(sql, params, schema)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _postgres_batches(
+        self, sql: str, params: Sequence[Any], schema: pa.Schema | None
+    ) -> Iterator[pa.RecordBatch]:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        if self._connection is None:
+            try:
+                self._connection = adbc.connect(_libpq_url(self._url))
+            except adbc.Error as error:
+                first_line = str(error).splitlines()[0]
+                raise AppDbError(f"cannot connect to the app database: {first_line}") from error
+            with self._connection.cursor() as cursor:
+                cursor.execute("set time zone 'UTC'")
+        with self._connection.cursor() as cursor:
             cursor.execute(sql, list(params) if params else None)
-            reader = cursor.fetch_record_batch()
-            for batch in reader:
+            for batch in cursor.fetch_record_batch():
                 yield batch.cast(schema) if schema is not None else batch
-    finally:
-        connection.close()
 
-
-def _sqlite_batches(
-    url: str, sql: str, params: Sequence[Any], schema: pa.Schema | None, batch_rows: int
-) -> Iterator[pa.RecordBatch]:
-    path = sa.make_url(url).database or ":memory:"
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
-    try:
-        cursor = connection.execute(sql, tuple(params))
-        names = [column[0] for column in cursor.description]
-        while rows := cursor.fetchmany(batch_rows):
-            columns = list(zip(*rows, strict=True))
-            arrays = (
-                [
-                    pa.array(col, type=schema.field(n).type)
-                    for col, n in zip(columns, names, strict=True)
-                ]
-                if schema is not None
-                else [pa.array(col) for col in columns]
-            )
-            yield pa.RecordBatch.from_arrays(arrays, names=names)
-    except sqlite3.OperationalError as error:
-        raise AppDbError(f"cannot read the app database at {path}: {error}") from error
-    finally:
-        connection.close()
+    def _sqlite_batches(
+        self, sql: str, params: Sequence[Any], schema: pa.Schema | None
+    ) -> Iterator[pa.RecordBatch]:
+        path = sa.make_url(self._url).database or ":memory:"
+        try:
+            if self._connection is None:
+                self._connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+            cursor = self._connection.execute(sql, tuple(params))
+            names = [column[0] for column in cursor.description]
+            while rows := cursor.fetchmany(self._batch_rows):
+                columns = list(zip(*rows, strict=True))
+                arrays = (
+                    [
+                        pa.array(col, type=schema.field(n).type)
+                        for col, n in zip(columns, names, strict=True)
+                    ]
+                    if schema is not None
+                    else [pa.array(col) for col in columns]
+                )
+                yield pa.RecordBatch.from_arrays(arrays, names=names)
+        except sqlite3.OperationalError as error:
+            raise AppDbError(f"cannot read the app database at {path}: {error}") from error
 
 
 def describe_db_error(url: str, error: BaseException) -> str:
