@@ -18,7 +18,7 @@ import pytest
 from runhub_pipeline.checks import names
 from runhub_pipeline.checks.core import CheckEnv, CheckOptions, CheckScope, Thresholds, render
 from runhub_pipeline.checks.definitions import CheckRule, check_rules, evaluate_safely
-from runhub_pipeline.checks.structural import TABLES
+from runhub_pipeline.checks.structural import table_rules
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.app_schema import migrate
 from runhub_pipeline.resources.warehouse import connect_utc
@@ -256,25 +256,25 @@ def _duplicate_a_row(table: str) -> Breaker:
 
 
 def _null_key(table: str) -> Breaker:
-    column = TABLES[table].required[-1]
+    column = table_rules()[table].required[-1]
     allow = _shaped("alter table {{ t }} alter column {{ c }} drop not null", t=table, c=column)
     clear = _shaped("update {{ t }} set {{ c }} = null", t=table, c=column)
     return lambda connection: (allow(connection), clear(connection))
 
 
 def _negative(table: str) -> Breaker:
-    column = TABLES[table].non_negative[0]
+    column = table_rules()[table].non_negative[0]
     return _shaped("update {{ t }} set {{ c }} = -1", t=table, c=column)
 
 
 def _rate_above_one(table: str) -> Breaker:
-    column = TABLES[table].rates[0]
+    column = table_rules()[table].rates[0]
     return _shaped("update {{ t }} set {{ c }} = 1.5", t=table, c=column)
 
 
 def _structural_breakers() -> dict[tuple[str, str], Breaker]:
     breakers: dict[tuple[str, str], Breaker] = {}
-    for table, rules in TABLES.items():
+    for table, rules in table_rules().items():
         breakers[(table, names.GRAIN_UNIQUE)] = _duplicate_a_row(table)
         breakers[(table, names.KEYS_NOT_NULL)] = _null_key(table)
         if rules.non_negative:

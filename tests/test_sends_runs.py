@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
 from runhub_pipeline.assets.ingest import ensure_warehouse_schema
+from runhub_pipeline.lineage import model_table_schema
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.email import FileOutboxTransport, SmtpTransport
 from runhub_pipeline.resources.warehouse import Warehouse
@@ -71,26 +72,11 @@ create table if not exists alert_counts_15min (
     abandoned_checkouts bigint not null
 )
 """
+# Every count and amount of a business_kpi_daily row, zero; read from the model.
 KPI_ZEROS: dict[str, Any] = {
-    column: 0
-    for column in [
-        "sessions",
-        "visitors",
-        "page_views",
-        "form_submissions",
-        "leads",
-        "checkouts_started",
-        "payments_failed",
-        "orders",
-        "revenue_cents",
-        "refunds",
-        "refunded_cents",
-        "net_revenue_cents",
-        "abandoned_checkouts",
-        "recovered_checkouts",
-        "recovered_revenue_cents",
-        "workflow_emails_sent",
-    ]
+    column.name: 0
+    for column in model_table_schema("business_kpi_daily").columns
+    if column.type == "bigint"
 }
 
 

@@ -7,7 +7,7 @@ only involved in `definitions.py`, which turns outcomes into `AssetCheckResult`s
 """
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -183,6 +183,33 @@ def offenders(
         return Offenders(0, [], [])
     columns, sample = fetch(connection, render(_SAMPLE, inner=inner, limit=int(limit)), params)
     return Offenders(count, columns, sample)
+
+
+def no_offenders(
+    env: CheckEnv,
+    inner: str,
+    *,
+    failed: Callable[[int], str],
+    passed: str,
+    params: Mapping[str, Any] | None = None,
+    severity: Severity = "ERROR",
+    metadata: Mapping[str, Any] | None = None,
+    sample_rows: int | None = None,
+) -> Outcome:
+    """The outcome of a rule whose query `inner` selects the rows that break it.
+
+    Passes when it selects none. Otherwise `failed(count)` describes the failure; either way the
+    metadata holds `metadata`, the count and a sample of `sample_rows` rows (the threshold's by
+    default).
+    """
+    limit = env.thresholds.sample_rows if sample_rows is None else sample_rows
+    found = offenders(env.connection, inner, params or {}, limit)
+    return Outcome(
+        passed=found.count == 0,
+        description=failed(found.count) if found.count else passed,
+        severity=severity,
+        metadata={**(metadata or {}), **found.metadata()},
+    )
 
 
 class Markdown(str):

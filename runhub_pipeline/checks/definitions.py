@@ -229,7 +229,7 @@ def _gx_rules() -> list[CheckRule]:
 @functools.cache
 def check_rules() -> tuple[CheckRule, ...]:
     """Every check of every table, in a stable order."""
-    rules = [r for t in structural.TABLES.values() for r in _structural_rules(t)]
+    rules = [r for t in structural.table_rules().values() for r in _structural_rules(t)]
     rules += _specific_rules() + _gx_rules()
     return tuple(sorted(rules, key=lambda r: (r.table, r.name)))
 

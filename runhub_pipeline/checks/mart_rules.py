@@ -2,7 +2,7 @@
 the staged events behind them.
 """
 
-from runhub_pipeline.checks.core import CheckEnv, Outcome, offenders, render
+from runhub_pipeline.checks.core import CheckEnv, Outcome, no_offenders, render
 
 OUTCOME_TYPES = ("recovery_email_sent", "promo_email_sent", "onboarding_email_sent")
 
@@ -107,30 +107,20 @@ analytics as (
     join stg_projects as p on p.project_id = e.project_id
     where e.occurred_at >= (select low from bounds) and e.occurred_at < (select high from bounds)
 ),
-business_days as (
+{%- for source, alias, counts in (("business", "b", business), ("analytics", "a", analytics)) %}
+{{ source }}_days as (
     select
-        b.project_id,
-        b.day,
-{%- for column, expression in business.items() %}
+        {{ alias }}.project_id,
+        {{ alias }}.day,
+{%- for column, expression in counts.items() %}
         {{ expression }} as {{ column }},
 {%- endfor %}
         count(*) as events
-    from business as b
-    join touched as t on t.project_id = b.project_id and t.day = b.day
-    group by b.project_id, b.day
+    from {{ source }} as {{ alias }}
+    join touched as t on t.project_id = {{ alias }}.project_id and t.day = {{ alias }}.day
+    group by {{ alias }}.project_id, {{ alias }}.day
 ),
-analytics_days as (
-    select
-        a.project_id,
-        a.day,
-{%- for column, expression in analytics.items() %}
-        {{ expression }} as {{ column }},
 {%- endfor %}
-        count(*) as events
-    from analytics as a
-    join touched as t on t.project_id = a.project_id and t.day = a.day
-    group by a.project_id, a.day
-),
 expected as (
     select
         t.project_id,
@@ -183,37 +173,33 @@ order by events desc, e.project_id
 
 
 def net_revenue(env: CheckEnv) -> Outcome:
-    found = offenders(env.connection, _NET_REVENUE, {}, env.thresholds.sample_rows)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} days where net_revenue_cents <> revenue - refunded"
-        if found.count
-        else "net_revenue_cents = revenue_cents - refunded_cents on every day",
-        metadata=found.metadata(),
+    return no_offenders(
+        env,
+        _NET_REVENUE,
+        failed=lambda count: f"{count} days where net_revenue_cents <> revenue - refunded",
+        passed="net_revenue_cents = revenue_cents - refunded_cents on every day",
     )
 
 
 def conversion_rate(env: CheckEnv) -> Outcome:
-    found = offenders(env.connection, _CONVERSION_RATE, {}, env.thresholds.sample_rows)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} days where conversion_rate is not orders / sessions"
-        " (NULL exactly when sessions = 0)"
-        if found.count
-        else "conversion_rate = orders / sessions, NULL exactly when sessions = 0",
-        metadata=found.metadata(),
+    return no_offenders(
+        env,
+        _CONVERSION_RATE,
+        failed=lambda count: (
+            f"{count} days where conversion_rate is not orders / sessions"
+            " (NULL exactly when sessions = 0)"
+        ),
+        passed="conversion_rate = orders / sessions, NULL exactly when sessions = 0",
     )
 
 
 def checkout_status(env: CheckEnv) -> Outcome:
     """Status agrees with paid_at - started_at; only recovered checkouts carry credit or a run."""
-    found = offenders(env.connection, _CHECKOUT_STATUS, {}, env.thresholds.sample_rows)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} checkouts whose status contradicts their payment"
-        if found.count
-        else "every checkout status agrees with its payment",
-        metadata=found.metadata(),
+    return no_offenders(
+        env,
+        _CHECKOUT_STATUS,
+        failed=lambda count: f"{count} checkouts whose status contradicts their payment",
+        passed="every checkout status agrees with its payment",
     )
 
 
@@ -225,25 +211,28 @@ def kpi_reconciliation(env: CheckEnv) -> Outcome:
         analytics=_ANALYTICS_COUNTS,
         columns=[*_BUSINESS_COUNTS, *_ANALYTICS_COUNTS],
     )
-    found = offenders(env.connection, sql, env.scope.params(), env.thresholds.sample_rows)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} recomputed days disagree with their staged events"
-        if found.count
-        else f"KPI totals match the staged events ({env.scope.describe()})",
-        metadata={"scope": env.scope.describe(), **found.metadata()},
+    return no_offenders(
+        env,
+        sql,
+        params=env.scope.params(),
+        failed=lambda count: f"{count} recomputed days disagree with their staged events",
+        passed=f"KPI totals match the staged events ({env.scope.describe()})",
+        metadata={"scope": env.scope.describe()},
     )
 
 
 def foreign_currency_revenue(env: CheckEnv) -> Outcome:
     """Money in another currency than the project's: left out of the KPI revenue (WARN)."""
-    found = offenders(env.connection, _FOREIGN_CURRENCY, env.scope.params(), 10)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"payments or refunds in {found.count} (project, currency, type) groups are"
-        " not in the project currency: see revenue_by_currency_daily"
-        if found.count
-        else "all revenue of the run's windows is in the project currency",
+    return no_offenders(
+        env,
+        _FOREIGN_CURRENCY,
+        params=env.scope.params(),
+        failed=lambda count: (
+            f"payments or refunds in {count} (project, currency, type) groups"
+            " are not in the project currency: see revenue_by_currency_daily"
+        ),
+        passed="all revenue of the run's windows is in the project currency",
         severity="WARN",
-        metadata={"scope": env.scope.describe(), **found.metadata()},
+        metadata={"scope": env.scope.describe()},
+        sample_rows=10,
     )

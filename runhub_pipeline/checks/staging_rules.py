@@ -12,7 +12,7 @@ from runhub_pipeline.checks.core import (
     Severity,
     fetch,
     markdown_table,
-    offenders,
+    no_offenders,
     render,
 )
 from runhub_pipeline.settings import WINDOW, floor_to_window
@@ -152,39 +152,34 @@ order by p.project_id
 
 def dedupe_key_unique(env: CheckEnv) -> Outcome:
     """At most one staged business event per (project_id, idempotency_key)."""
-    found = offenders(env.connection, _DEDUPE, {}, env.thresholds.sample_rows)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} idempotency keys staged more than once"
-        if found.count
-        else "every idempotency key staged once",
-        metadata=found.metadata(),
+    return no_offenders(
+        env,
+        _DEDUPE,
+        failed=lambda count: f"{count} idempotency keys staged more than once",
+        passed="every idempotency key staged once",
     )
 
 
 def money_amounts_valid(env: CheckEnv) -> Outcome:
     """Staged money events carry an amount >= 0 and a three-letter currency."""
-    sql = render(_BAD_MONEY, money_types=MONEY_TYPES)
-    found = offenders(env.connection, sql, {}, env.thresholds.sample_rows)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} staged money events with a bad amount or currency"
-        if found.count
-        else "money events have amounts >= 0 and ISO currencies",
-        metadata=found.metadata(),
+    return no_offenders(
+        env,
+        render(_BAD_MONEY, money_types=MONEY_TYPES),
+        failed=lambda count: f"{count} staged money events with a bad amount or currency",
+        passed="money events have amounts >= 0 and ISO currencies",
     )
 
 
 def ledger_balances(env: CheckEnv) -> Outcome:
     """source_rows = staged + duplicates + quarantined, and the counts match the tables."""
-    sql = render(_UNBALANCED, scope=LEDGER_SCOPE)
-    found = offenders(env.connection, sql, env.scope.params(), env.thresholds.sample_rows)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} ledger rows do not balance ({env.scope.describe()})"
-        if found.count
-        else f"every ledger row balances ({env.scope.describe()})",
-        metadata={"scope": env.scope.describe(), **found.metadata()},
+    scope = env.scope.describe()
+    return no_offenders(
+        env,
+        render(_UNBALANCED, scope=LEDGER_SCOPE),
+        params=env.scope.params(),
+        failed=lambda count: f"{count} ledger rows do not balance ({scope})",
+        passed=f"every ledger row balances ({scope})",
+        metadata={"scope": scope},
     )
 
 
@@ -304,12 +299,10 @@ def volume_anomaly(env: CheckEnv) -> Outcome:
 
 def invalid_timezones(env: CheckEnv) -> Outcome:
     """Projects whose time zone is not a valid zone name (their days fall back to UTC)."""
-    found = offenders(env.connection, _INVALID_TIMEZONES, {}, env.thresholds.sample_rows)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} projects with an invalid time zone, reported in UTC"
-        if found.count
-        else "every project time zone is valid",
+    return no_offenders(
+        env,
+        _INVALID_TIMEZONES,
+        failed=lambda count: f"{count} projects with an invalid time zone, reported in UTC",
+        passed="every project time zone is valid",
         severity="WARN",
-        metadata=found.metadata(),
     )

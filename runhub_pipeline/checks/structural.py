@@ -1,14 +1,17 @@
 """Rules every warehouse table obeys: its grain is unique, its keys are set, counts and amounts are
 never negative and rates stay within [0, 1].
 
-`TABLES` lists each table's grain and columns (CONTRACT §4-5); the queries are shaped from these
-constants only.
+`table_rules()` lists each table's grain and columns (CONTRACT §4-5); business_kpi_daily's are read
+from its model's schema. The queries are shaped from these names only.
 """
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runhub_pipeline.checks import names
-from runhub_pipeline.checks.core import CheckEnv, Outcome, offenders, render
+from runhub_pipeline.checks.core import CheckEnv, Outcome, no_offenders, render
+from runhub_pipeline.lineage import model_table_schema
 
 
 @dataclass(frozen=True)
@@ -34,23 +37,6 @@ class TableRules:
         return self.grain + tuple(c for c in self.not_null if c not in self.grain)
 
 
-_KPI_COUNTS = (
-    "sessions",
-    "visitors",
-    "page_views",
-    "form_submissions",
-    "leads",
-    "checkouts_started",
-    "payments_failed",
-    "orders",
-    "revenue_cents",
-    "refunds",
-    "refunded_cents",
-    "abandoned_checkouts",
-    "recovered_checkouts",
-    "recovered_revenue_cents",
-    "workflow_emails_sent",
-)
 _RUN_COUNTS = ("queued", "running", "succeeded", "failed", "stuck_runs")
 _OVERVIEW_COUNTS = (
     "payment_failed_24h",
@@ -73,98 +59,118 @@ _PLATFORM_RATES = (
 )
 _LEDGER_COUNTS = ("source_rows", "staged", "duplicates", "quarantined")
 
-TABLES: dict[str, TableRules] = {
-    rules.table: rules
-    for rules in (
-        TableRules(
-            names.STG_PROJECTS,
-            grain=("project_id",),
-            not_null=("timezone", "is_timezone_valid", "locale_norm"),
-            non_negative=("forms_count",),
+# Net revenue is revenue minus refunds: a day of refunds takes it below zero.
+_KPI_SIGNED = ("net_revenue_cents",)
+
+
+def _kpi_rules() -> TableRules:
+    """business_kpi_daily's rules, read from its model: every NOT NULL column is set, every count,
+    amount and rate (bigint or double) is never negative, net revenue excepted."""
+    grain = ("project_id", "day")
+    columns = model_table_schema(names.BUSINESS_KPI_DAILY).columns
+    return TableRules(
+        names.BUSINESS_KPI_DAILY,
+        grain=grain,
+        not_null=tuple(
+            c.name for c in columns if not c.constraints.nullable and c.name not in grain
         ),
-        TableRules(
-            names.STG_BUSINESS_EVENTS,
-            grain=("event_id",),
-            not_null=(
-                "ingest_window_start",
-                "received_at",
-                "project_id",
-                "event_type",
-                "occurred_at",
-            ),
-        ),
-        TableRules(
-            names.STG_ANALYTICS_EVENTS,
-            grain=("event_id",),
-            not_null=(
-                "ingest_window_start",
-                "received_at",
-                "project_id",
-                "session_id",
-                "occurred_at",
-            ),
-        ),
-        TableRules(
-            names.QUARANTINED_EVENTS,
-            grain=("source_table", "source_id"),
-            not_null=("reason", "raw", "ingest_window_start"),
-        ),
-        TableRules(
-            names.INGEST_LEDGER,
-            grain=("source_table", "window_start"),
-            not_null=(*_LEDGER_COUNTS, "ingested_at"),
-            non_negative=_LEDGER_COUNTS,
-        ),
-        TableRules(
-            names.FCT_CHECKOUTS,
-            grain=("checkout_event_id",),
-            not_null=("project_id", "started_at", "status", "credited_revenue_cents"),
-            non_negative=("payment_amount_cents", "credited_revenue_cents"),
-        ),
-        TableRules(
-            names.BUSINESS_KPI_DAILY,
-            grain=("project_id", "day"),
-            not_null=(*_KPI_COUNTS, "net_revenue_cents", "updated_at"),
-            non_negative=(*_KPI_COUNTS, "conversion_rate"),
-        ),
-        TableRules(
-            names.REVENUE_BY_CURRENCY_DAILY,
-            grain=("project_id", "day", "currency"),
-            not_null=("orders", "revenue_cents", "refunds", "refunded_cents"),
-            non_negative=("orders", "revenue_cents", "refunds", "refunded_cents"),
-        ),
-        TableRules(
-            names.ALERT_COUNTS_15MIN,
-            grain=("project_id", "bucket_start"),
-            not_null=("payment_failed", "checkout_started", "abandoned_checkouts"),
-            non_negative=("payment_failed", "checkout_started", "abandoned_checkouts"),
-        ),
-        TableRules(
-            names.DIGEST_METRICS,
-            grain=("project_id", "locale", "status"),
-            not_null=("emails",),
-            non_negative=("emails",),
-            rates=("delivery_rate",),
-        ),
-        TableRules(
-            names.WORKFLOW_RUN_METRICS,
-            grain=("project_id",),
-            not_null=_RUN_COUNTS,
-            non_negative=_RUN_COUNTS,
-        ),
-        TableRules(
-            names.RUN_OVERVIEW,
-            grain=("project_id",),
-            not_null=("as_of", *_OVERVIEW_COUNTS),
-            non_negative=_OVERVIEW_COUNTS,
-        ),
-        TableRules(
-            names.PLATFORM_SUCCESS_METRICS,
-            grain=("as_of",),
-            rates=_PLATFORM_RATES,
+        non_negative=tuple(
+            c.name for c in columns if c.type in ("bigint", "double") and c.name not in _KPI_SIGNED
         ),
     )
-}
+
+
+@functools.cache
+def table_rules() -> Mapping[str, TableRules]:
+    """Every table's rules by table name."""
+    return {
+        rules.table: rules
+        for rules in (
+            TableRules(
+                names.STG_PROJECTS,
+                grain=("project_id",),
+                not_null=("timezone", "is_timezone_valid", "locale_norm"),
+                non_negative=("forms_count",),
+            ),
+            TableRules(
+                names.STG_BUSINESS_EVENTS,
+                grain=("event_id",),
+                not_null=(
+                    "ingest_window_start",
+                    "received_at",
+                    "project_id",
+                    "event_type",
+                    "occurred_at",
+                ),
+            ),
+            TableRules(
+                names.STG_ANALYTICS_EVENTS,
+                grain=("event_id",),
+                not_null=(
+                    "ingest_window_start",
+                    "received_at",
+                    "project_id",
+                    "session_id",
+                    "occurred_at",
+                ),
+            ),
+            TableRules(
+                names.QUARANTINED_EVENTS,
+                grain=("source_table", "source_id"),
+                not_null=("reason", "raw", "ingest_window_start"),
+            ),
+            TableRules(
+                names.INGEST_LEDGER,
+                grain=("source_table", "window_start"),
+                not_null=(*_LEDGER_COUNTS, "ingested_at"),
+                non_negative=_LEDGER_COUNTS,
+            ),
+            TableRules(
+                names.FCT_CHECKOUTS,
+                grain=("checkout_event_id",),
+                not_null=("project_id", "started_at", "status", "credited_revenue_cents"),
+                non_negative=("payment_amount_cents", "credited_revenue_cents"),
+            ),
+            _kpi_rules(),
+            TableRules(
+                names.REVENUE_BY_CURRENCY_DAILY,
+                grain=("project_id", "day", "currency"),
+                not_null=("orders", "revenue_cents", "refunds", "refunded_cents"),
+                non_negative=("orders", "revenue_cents", "refunds", "refunded_cents"),
+            ),
+            TableRules(
+                names.ALERT_COUNTS_15MIN,
+                grain=("project_id", "bucket_start"),
+                not_null=("payment_failed", "checkout_started", "abandoned_checkouts"),
+                non_negative=("payment_failed", "checkout_started", "abandoned_checkouts"),
+            ),
+            TableRules(
+                names.DIGEST_METRICS,
+                grain=("project_id", "locale", "status"),
+                not_null=("emails",),
+                non_negative=("emails",),
+                rates=("delivery_rate",),
+            ),
+            TableRules(
+                names.WORKFLOW_RUN_METRICS,
+                grain=("project_id",),
+                not_null=_RUN_COUNTS,
+                non_negative=_RUN_COUNTS,
+            ),
+            TableRules(
+                names.RUN_OVERVIEW,
+                grain=("project_id",),
+                not_null=("as_of", *_OVERVIEW_COUNTS),
+                non_negative=_OVERVIEW_COUNTS,
+            ),
+            TableRules(
+                names.PLATFORM_SUCCESS_METRICS,
+                grain=("as_of",),
+                rates=_PLATFORM_RATES,
+            ),
+        )
+    }
+
 
 _DUPLICATES = """
 select {{ grain | join(', ') }}, count(*) as copies
@@ -190,36 +196,24 @@ where {% for c in columns -%}
 
 
 def grain_unique(env: CheckEnv, rules: TableRules) -> Outcome:
-    found = offenders(
-        env.connection,
-        render(_DUPLICATES, table=rules.table, grain=rules.grain),
-        {},
-        env.thresholds.sample_rows,
-    )
     grain = ", ".join(rules.grain)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} duplicated ({grain}) keys"
-        if found.count
-        else f"one row per ({grain})",
-        metadata={"grain": grain, **found.metadata()},
+    return no_offenders(
+        env,
+        render(_DUPLICATES, table=rules.table, grain=rules.grain),
+        failed=lambda count: f"{count} duplicated ({grain}) keys",
+        passed=f"one row per ({grain})",
+        metadata={"grain": grain},
     )
 
 
 def keys_not_null(env: CheckEnv, rules: TableRules) -> Outcome:
-    found = offenders(
-        env.connection,
-        render(_NULLS, table=rules.table, columns=rules.required),
-        {},
-        env.thresholds.sample_rows,
-    )
     columns = ", ".join(rules.required)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} rows with NULL in {columns}"
-        if found.count
-        else f"{columns} always set",
-        metadata={"columns": columns, **found.metadata()},
+    return no_offenders(
+        env,
+        render(_NULLS, table=rules.table, columns=rules.required),
+        failed=lambda count: f"{count} rows with NULL in {columns}",
+        passed=f"{columns} always set",
+        metadata={"columns": columns},
     )
 
 
@@ -237,13 +231,12 @@ def _in_range(
     sql = render(
         _OUT_OF_RANGE, table=rules.table, grain=rules.grain, columns=columns, low=0, high=high
     )
-    found = offenders(env.connection, sql, {}, env.thresholds.sample_rows)
     bounds = "[0, 1]" if high is not None else ">= 0"
     listed = ", ".join(columns)
-    return Outcome(
-        passed=found.count == 0,
-        description=f"{found.count} rows with {listed} outside {bounds}"
-        if found.count
-        else f"{listed} {bounds}",
-        metadata={"columns": listed, **found.metadata()},
+    return no_offenders(
+        env,
+        sql,
+        failed=lambda count: f"{count} rows with {listed} outside {bounds}",
+        passed=f"{listed} {bounds}",
+        metadata={"columns": listed},
     )

@@ -28,7 +28,8 @@ import sqlalchemy as sa
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.email import EmailDeliveryError, EmailSender, EmailTransport
 from runhub_pipeline.resources.warehouse import Warehouse
-from runhub_pipeline.sends.digest_context import CHART_DAYS, build_digest_context
+from runhub_pipeline.sends.digest_context import ALERT_LABELS, CHART_DAYS, build_digest_context
+from runhub_pipeline.sends.digest_kpis import KPI_COLUMNS
 from runhub_pipeline.sends.lifecycle import advancing_clock
 from runhub_pipeline.sends.locales import normalize_locale
 from runhub_pipeline.sends.message import address_domain, build_message, make_message_id
@@ -53,27 +54,7 @@ from runhub_pipeline.sends.render import RenderError, render_email
 from runhub_pipeline.sends.stored import db_time, lock_key, parse_flag, parse_time
 from runhub_pipeline.settings import Settings
 
-# business_kpi_daily value columns a digest reads (CONTRACT §5).
-KPI_COLUMNS = (
-    "sessions",
-    "visitors",
-    "page_views",
-    "form_submissions",
-    "leads",
-    "checkouts_started",
-    "payments_failed",
-    "orders",
-    "revenue_cents",
-    "refunds",
-    "refunded_cents",
-    "net_revenue_cents",
-    "conversion_rate",
-    "abandoned_checkouts",
-    "recovered_checkouts",
-    "recovered_revenue_cents",
-    "workflow_emails_sent",
-)
-ALERT_COLUMNS = ("payment_failed", "checkout_started", "abandoned_checkouts")
+ALERT_COLUMNS = tuple(ALERT_LABELS)
 # A `queued` digest row older than this belongs to a worker that died mid-send.
 STALE_QUEUED_DIGEST = timedelta(hours=1)
 

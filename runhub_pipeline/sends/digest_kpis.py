@@ -45,6 +45,8 @@ DIGEST_KPIS: tuple[KpiSpec, ...] = (
     KpiSpec("payments_failed", "count", False),
 )
 KPI_SPECS = {spec.column: spec for spec in DIGEST_KPIS}
+# The business_kpi_daily columns a digest reads: the ones it shows.
+KPI_COLUMNS = tuple(KPI_SPECS)
 NO_VALUE = "—"
 
 INSIGHT_METRICS = ("revenue_cents", "orders", "sessions", "leads", "payments_failed")

@@ -8,34 +8,44 @@
 -- fct_checkouts in the same transaction) and, for a project whose time zone or currency changed,
 -- all of its days. A row whose values did not change keeps its updated_at; a row that stops
 -- qualifying is deleted and logged in business_kpi_daily_deletions for the publish to the app.
-{%- set value_columns = [
-    "sessions", "visitors", "page_views", "form_submissions", "leads", "checkouts_started",
-    "payments_failed", "orders", "revenue_cents", "refunds", "refunded_cents",
-    "net_revenue_cents", "conversion_rate", "abandoned_checkouts", "recovered_checkouts",
-    "recovered_revenue_cents", "workflow_emails_sent", "currency",
-] %}
+{%- set value_columns = {
+    "sessions": "bigint not null",
+    "visitors": "bigint not null",
+    "page_views": "bigint not null",
+    "form_submissions": "bigint not null",
+    "leads": "bigint not null",
+    "checkouts_started": "bigint not null",
+    "payments_failed": "bigint not null",
+    "orders": "bigint not null",
+    "revenue_cents": "bigint not null",
+    "refunds": "bigint not null",
+    "refunded_cents": "bigint not null",
+    "net_revenue_cents": "bigint not null",
+    "conversion_rate": "double",
+    "abandoned_checkouts": "bigint not null",
+    "recovered_checkouts": "bigint not null",
+    "recovered_revenue_cents": "bigint not null",
+    "workflow_emails_sent": "bigint not null",
+    "currency": "varchar",
+} %}
+{#- The rows of `table` on each pair's local day, grouped by pair: the scan range narrows the
+    join, the local date decides. #}
+{%- macro on_local_day(table, alias, time_column) %}
+    from _kpi_pairs as pr
+    join {{ table }} as {{ alias }}
+        on {{ alias }}.project_id = pr.project_id
+        and {{ alias }}.{{ time_column }} >= pr.scan_from
+        and {{ alias }}.{{ time_column }} < pr.scan_to
+    where cast({{ alias }}.{{ time_column }} at time zone pr.timezone as date) = pr.day
+    group by pr.project_id, pr.day
+{%- endmacro %}
 
 create table if not exists business_kpi_daily (
     project_id varchar not null,
     day date not null,
-    sessions bigint not null,
-    visitors bigint not null,
-    page_views bigint not null,
-    form_submissions bigint not null,
-    leads bigint not null,
-    checkouts_started bigint not null,
-    payments_failed bigint not null,
-    orders bigint not null,
-    revenue_cents bigint not null,
-    refunds bigint not null,
-    refunded_cents bigint not null,
-    net_revenue_cents bigint not null,
-    conversion_rate double,
-    abandoned_checkouts bigint not null,
-    recovered_checkouts bigint not null,
-    recovered_revenue_cents bigint not null,
-    workflow_emails_sent bigint not null,
-    currency varchar,
+{%- for column, kind in value_columns.items() %}
+    {{ column }} {{ kind }},
+{%- endfor %}
     updated_at timestamptz not null
 );
 
@@ -74,20 +84,15 @@ select
     k.day
 from business_kpi_daily as k
 join _kpi_project_changes as pc on pc.project_id = k.project_id
+{%- for events in ["stg_business_events", "stg_analytics_events"] %}
 union
 select
     e.project_id,
     cast(e.occurred_at at time zone p.timezone as date) as day
-from stg_business_events as e
+from {{ events }} as e
 join _kpi_project_changes as pc on pc.project_id = e.project_id
 join stg_projects as p on p.project_id = e.project_id
-union
-select
-    e.project_id,
-    cast(e.occurred_at at time zone p.timezone as date) as day
-from stg_analytics_events as e
-join _kpi_project_changes as pc on pc.project_id = e.project_id
-join stg_projects as p on p.project_id = e.project_id;
+{%- endfor %};
 
 -- Every real UTC offset is within a day of UTC, so a local day lies in [day - 1, day + 2) UTC.
 drop table if exists _kpi_pairs;
@@ -126,12 +131,7 @@ with business as (
                 'recovery_email_sent', 'promo_email_sent', 'onboarding_email_sent'
             )
         ) as workflow_emails_sent
-    from _kpi_pairs as pr
-    join stg_business_events as e
-        on e.project_id = pr.project_id
-        and e.occurred_at >= pr.scan_from and e.occurred_at < pr.scan_to
-    where cast(e.occurred_at at time zone pr.timezone as date) = pr.day
-    group by pr.project_id, pr.day
+{{- on_local_day("stg_business_events", "e", "occurred_at") }}
 ),
 analytics as (
     select
@@ -141,12 +141,7 @@ analytics as (
         count(distinct a.session_id) as sessions,
         count(distinct a.anonymous_id) as visitors,
         count(*) filter (where a.event_name = 'page_view') as page_views
-    from _kpi_pairs as pr
-    join stg_analytics_events as a
-        on a.project_id = pr.project_id
-        and a.occurred_at >= pr.scan_from and a.occurred_at < pr.scan_to
-    where cast(a.occurred_at at time zone pr.timezone as date) = pr.day
-    group by pr.project_id, pr.day
+{{- on_local_day("stg_analytics_events", "a", "occurred_at") }}
 ),
 checkouts as (
     select
@@ -157,12 +152,7 @@ checkouts as (
         sum(f.credited_revenue_cents) filter (
             where f.status = 'recovered'
         ) as recovered_revenue_cents
-    from _kpi_pairs as pr
-    join fct_checkouts as f
-        on f.project_id = pr.project_id
-        and f.started_at >= pr.scan_from and f.started_at < pr.scan_to
-    where cast(f.started_at at time zone pr.timezone as date) = pr.day
-    group by pr.project_id, pr.day
+{{- on_local_day("fct_checkouts", "f", "started_at") }}
 )
 select
     pr.project_id,

@@ -6,11 +6,22 @@
 -- the passing of T from $previous_watermark to $watermark can touch, and leaves the old and new
 -- versions of every row that changed in the temporary table _checkouts_changed, which the daily
 -- and 15-minute marts run right after this model (same transaction) read.
-{%- set row_columns = [
-    "checkout_event_id", "project_id", "session_id", "email_norm", "started_at", "status",
-    "paid_at", "payment_amount_cents", "payment_currency", "credited_revenue_cents",
-    "recovered_by_run_id",
-] %}
+{%- set row_columns = {
+    "checkout_event_id": "bigint not null",
+    "project_id": "varchar not null",
+    "session_id": "varchar",
+    "email_norm": "varchar",
+    "started_at": "timestamptz not null",
+    "status": "varchar not null",
+    "paid_at": "timestamptz",
+    "payment_amount_cents": "bigint",
+    "payment_currency": "varchar",
+    "credited_revenue_cents": "bigint not null",
+    "recovered_by_run_id": "varchar",
+} %}
+{#- A payment belongs to a checkout of the same project with the same session or the same e-mail
+    address: one union branch per key. #}
+{%- set match_keys = ["session_id", "email_norm"] %}
 {%- macro earliest_payments(scope) %}
 select
     ranked.checkout_event_id,
@@ -30,6 +41,8 @@ from (
             order by matched.paid_at, matched.payment_event_id
         ) as payment_rank
     from (
+    {%- for key in match_keys %}
+        {{- "\n        union" if not loop.first }}
         select
             c.checkout_event_id,
             p.event_id as payment_event_id,
@@ -38,36 +51,18 @@ from (
             p.currency
         from {{ scope }} as c
         join stg_business_events as p
-            on p.project_id = c.project_id and p.session_id = c.session_id
+            on p.project_id = c.project_id and p.{{ key }} = c.{{ key }}
         where p.event_type = 'payment_succeeded' and p.occurred_at >= c.started_at
-        union
-        select
-            c.checkout_event_id,
-            p.event_id as payment_event_id,
-            p.occurred_at as paid_at,
-            p.amount_cents,
-            p.currency
-        from {{ scope }} as c
-        join stg_business_events as p
-            on p.project_id = c.project_id and p.email_norm = c.email_norm
-        where p.event_type = 'payment_succeeded' and p.occurred_at >= c.started_at
+    {%- endfor %}
     ) as matched
 ) as ranked
 where ranked.payment_rank = 1
 {%- endmacro %}
 
 create table if not exists fct_checkouts (
-    checkout_event_id bigint not null,
-    project_id varchar not null,
-    session_id varchar,
-    email_norm varchar,
-    started_at timestamptz not null,
-    status varchar not null,
-    paid_at timestamptz,
-    payment_amount_cents bigint,
-    payment_currency varchar,
-    credited_revenue_cents bigint not null,
-    recovered_by_run_id varchar
+{%- for column, kind in row_columns.items() %}
+    {{ column }} {{ kind }}{{ "," if not loop.last }}
+{%- endfor %}
 );
 
 -- Business events that appeared or disappeared since the last run, by (project, occurred_at).
@@ -195,6 +190,8 @@ where p.event_type = 'payment_succeeded'
     and (p.session_id = f.session_id or p.email_norm = f.email_norm);
 
 insert into _checkout_candidates (checkout_event_id, project_id, session_id, email_norm, started_at)
+{%- for key in match_keys %}
+{{- "\nunion" if not loop.first }}
 select
     k.event_id as checkout_event_id,
     k.project_id,
@@ -202,24 +199,12 @@ select
     k.email_norm,
     k.occurred_at as started_at
 from _closure_payments as cp
-join stg_business_events as k on k.project_id = cp.project_id and k.session_id = cp.session_id
+join stg_business_events as k on k.project_id = cp.project_id and k.{{ key }} = cp.{{ key }}
 where k.event_type = 'checkout_started' and k.occurred_at <= cp.occurred_at
     and not exists (
         select 1 from _checkout_candidates as c where c.checkout_event_id = k.event_id
     )
-union
-select
-    k.event_id as checkout_event_id,
-    k.project_id,
-    k.session_id,
-    k.email_norm,
-    k.occurred_at as started_at
-from _closure_payments as cp
-join stg_business_events as k on k.project_id = cp.project_id and k.email_norm = cp.email_norm
-where k.event_type = 'checkout_started' and k.occurred_at <= cp.occurred_at
-    and not exists (
-        select 1 from _checkout_candidates as c where c.checkout_event_id = k.event_id
-    );
+{%- endfor %};
 
 -- Every checkout whose stored row is replaced: the candidates and the touched rows that vanished.
 drop table if exists _checkout_scope;
@@ -326,7 +311,7 @@ where not exists (
     select 1
     from _checkouts_new as n
     where n.checkout_event_id = o.checkout_event_id
-    {%- for column in row_columns[1:] %}
+    {%- for column in (row_columns | list)[1:] %}
         and n.{{ column }} is not distinct from o.{{ column }}
     {%- endfor %}
 )
@@ -340,7 +325,7 @@ where not exists (
     select 1
     from fct_checkouts as o
     where o.checkout_event_id = n.checkout_event_id
-    {%- for column in row_columns[1:] %}
+    {%- for column in (row_columns | list)[1:] %}
         and o.{{ column }} is not distinct from n.{{ column }}
     {%- endfor %}
 );
