@@ -45,7 +45,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules=[*build_send_schedules(), build_freshness_schedule()],
         resources={
             "app_db": AppDatabase(url=settings.app_db_url),
-            "warehouse": Warehouse(path=str(settings.warehouse_path)),
+            "warehouse": Warehouse(
+                path=str(settings.warehouse_path), memory_limit=settings.warehouse_memory_limit
+            ),
             EMAIL_RESOURCE: transport_from_settings(settings.smtp_url, settings.outbox_dir),
         },
         # One process per run: the steps share the DuckDB writer in turn anyway, and a step

@@ -23,11 +23,16 @@ class SettingsError(ValueError):
     """A setting has a value the pipeline cannot use; the message is one line for the user."""
 
 
+# DuckDB's memory limit per warehouse connection; beyond it, joins and sorts spill to disk.
+DEFAULT_WAREHOUSE_MEMORY = "1GB"
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
     app_db_url: str
     warehouse_path: Path
+    warehouse_memory_limit: str
     dagster_home: Path
     partitions_start: datetime
     ingest_lag: timedelta
@@ -60,6 +65,7 @@ class Settings:
             home=home,
             app_db_url=app_db_url,
             warehouse_path=warehouse.absolute(),
+            warehouse_memory_limit=env.get("RUNHUB_WAREHOUSE_MEMORY") or DEFAULT_WAREHOUSE_MEMORY,
             dagster_home=dagster_home.absolute(),
             partitions_start=start,
             ingest_lag=parse_duration(env.get("RUNHUB_INGEST_LAG") or "2m", "RUNHUB_INGEST_LAG"),

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from runhub_pipeline.definitions import build_definitions
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse, lock_path
-from runhub_pipeline.settings import WINDOW
+from runhub_pipeline.settings import WINDOW, Settings
 from runhub_pipeline.simulate import SimulationSpec, simulate
 from tests.factories import utc
 from tests.test_exactly_once import snapshot
@@ -232,3 +233,15 @@ def test_kill_minus_nine_mid_write_then_rerun(
     assert snapshot(Warehouse(path=str(published))) == snapshot(
         Warehouse(path=str(scratch / "warehouse.duckdb"))
     )
+
+
+def test_the_memory_limit_setting_reaches_every_warehouse_connection(tmp_path: Path) -> None:
+    settings = Settings.from_env({"RUNHUB_HOME": str(tmp_path), "RUNHUB_WAREHOUSE_MEMORY": "300MB"})
+    warehouse = build_definitions(settings).resources["warehouse"]
+    assert isinstance(warehouse, Warehouse)
+    with warehouse.writer() as connection:
+        writer_limit = connection.execute("select current_setting('memory_limit')").fetchone()
+    with warehouse.reader() as connection:
+        reader_limit = connection.execute("select current_setting('memory_limit')").fetchone()
+    # DuckDB reports the limit in MiB: 300 MB = 286.1 MiB, far below its default of 80 % of RAM.
+    assert writer_limit == reader_limit == ("286.1 MiB",)

@@ -24,6 +24,8 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from runhub_pipeline.settings import DEFAULT_WAREHOUSE_MEMORY
+
 WRITER_LOCK_TIMEOUT_SECONDS = 3600.0
 # Dagster pool of every step that writes the warehouse; its limit (1) is set on the instance.
 WAREHOUSE_POOL = "warehouse"
@@ -46,9 +48,17 @@ def lock_path(published: Path) -> Path:
     return published.with_name(f"{published.stem}.lock")
 
 
-def connect_utc(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection whose session time zone is UTC (CONTRACT §2)."""
-    connection = duckdb.connect(str(path), read_only=read_only)
+def connect_utc(
+    path: Path | str, read_only: bool = False, memory_limit: str = DEFAULT_WAREHOUSE_MEMORY
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose session time zone is UTC (CONTRACT §2).
+
+    DuckDB's own default memory limit is 80 % of the machine: a 30-day backfill then grew the
+    process to ~9 GiB. With a limit, big joins and sorts spill to `<file>.tmp` instead.
+    """
+    connection = duckdb.connect(
+        str(path), read_only=read_only, config={"memory_limit": memory_limit}
+    )
     connection.execute("set TimeZone = 'UTC'")
     return connection
 
@@ -98,6 +108,8 @@ class Warehouse(dg.ConfigurableResource):
     """The analyst warehouse at `path` (read-only snapshot) and its private writer file."""
 
     path: str
+    # DuckDB's memory limit per connection (RUNHUB_WAREHOUSE_MEMORY); beyond it DuckDB spills.
+    memory_limit: str = DEFAULT_WAREHOUSE_MEMORY
 
     @property
     def published_path(self) -> Path:
@@ -112,7 +124,7 @@ class Warehouse(dg.ConfigurableResource):
         """
         published = self.published_path
         with _exclusive_lock(lock_path(published), WRITER_LOCK_TIMEOUT_SECONDS):
-            connection = connect_utc(writer_path(published))
+            connection = connect_utc(writer_path(published), memory_limit=self.memory_limit)
             try:
                 yield connection
                 connection.execute("checkpoint")
@@ -127,7 +139,9 @@ class Warehouse(dg.ConfigurableResource):
             raise WarehouseNotBuiltError(
                 f"the warehouse {self.published_path} does not exist yet: run `runhub backfill`"
             )
-        connection = connect_utc(self.published_path, read_only=True)
+        connection = connect_utc(
+            self.published_path, read_only=True, memory_limit=self.memory_limit
+        )
         try:
             yield connection
         finally:
