@@ -63,7 +63,12 @@ def smtp_sink() -> Iterator[str]:
         yield f"smtp://127.0.0.1:{port}"
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # aiosmtpd sometimes ignores SIGTERM while a connection lingers.
+            process.kill()
+            process.wait()
 
 
 def measure_send(home: BenchHome, smtp_url: str) -> SendSample:
