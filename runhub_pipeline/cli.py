@@ -15,7 +15,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from runhub_pipeline.orchestration import RunOutcome, execute_window_range
+from runhub_pipeline.definitions import build_definitions
+from runhub_pipeline.orchestration import RunOutcome, dagster_instance, execute_window_range
 from runhub_pipeline.resources.app_db import AppDatabase, AppDbError, describe_db_error
 from runhub_pipeline.resources.warehouse import WarehouseNotBuiltError, utc_now
 from runhub_pipeline.settings import WINDOW, Settings, SettingsError, floor_to_window, parse_utc
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--start", type=_time, required=True)
     backfill.add_argument("--end", type=_time, required=True)
+
+    accept = commands.add_parser(
+        "accept-check",
+        help="accept the latest failure of a check as it is, so later runs stop re-checking it",
+    )
+    accept.add_argument("check", help="table:check_name, e.g. quarantined_events:quarantine_share")
+    accept.add_argument("--reason", required=True, help="why the failure is accepted (kept)")
 
     demo = commands.add_parser("demo", help="init, simulate, backfill, send, and print a summary")
     demo.add_argument("--projects", type=_positive_int, default=20)
@@ -175,6 +183,22 @@ def command_backfill(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_accept_check(settings: Settings, args: argparse.Namespace) -> None:
+    from runhub_pipeline.checks.accept import AcceptError, accept_failure
+
+    with dagster_instance(settings) as instance:
+        try:
+            accepted = accept_failure(
+                instance, build_definitions(settings), args.check, args.reason
+            )
+        except AcceptError as error:
+            raise CliError(str(error)) from None
+    print(
+        f"accepted the failure of {accepted.check} in run {accepted.failed_run_id}"
+        f" ({accepted.failure}); later runs check only their own windows"
+    )
+
+
 def command_demo(settings: Settings, args: argparse.Namespace) -> int:
     from runhub_pipeline.demo import run_demo
 
@@ -194,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "backfill":
             return command_backfill(settings, args)
+        if args.command == "accept-check":
+            command_accept_check(settings, args)
+            return 0
         return command_demo(settings, args)
     except (CliError, SettingsError, AppDbError, WarehouseNotBuiltError) as error:
         print(f"runhub: error: {error}", file=sys.stderr)

@@ -16,6 +16,7 @@ import pytest
 
 from runhub_pipeline.assets.serving import SERVED_KPI_ASSET
 from runhub_pipeline.checks import names, reconcile, structural
+from runhub_pipeline.checks.accept import AcceptError, accept_failure
 from runhub_pipeline.checks.core import CheckEnv, Outcome, Thresholds
 from runhub_pipeline.checks.definitions import build_checks, check_rules
 from runhub_pipeline.checks.status import blocking_checks_gate
@@ -298,3 +299,31 @@ def test_data_not_checked_yet_keeps_the_gate_closed(
         blocking_checks_gate(instance, definitions, tables=[names.PLATFORM_SUCCESS_METRICS]).state
         == "pending"
     )
+
+
+def test_an_accepted_failure_stops_blocking(pipeline: Pipeline, sqlite_app_db: AppDatabase) -> None:
+    """The operator's way out of a failure the source will never fix: accept it with a reason."""
+    definitions, instance = pipeline.definitions, pipeline.instance
+    check = f"{names.QUARANTINED_EVENTS}:{names.QUARANTINE_SHARE}"
+    assert _run(definitions, instance, W0, W0).success
+    served = _served(sqlite_app_db)
+    with pytest.raises(AcceptError, match="no failed evaluation"):
+        accept_failure(instance, definitions, check, "nothing failed yet")
+
+    assert not _run(definitions, instance, W1, W1).success
+    assert blocking_checks_gate(instance, definitions).state == "blocked"
+    with pytest.raises(AcceptError, match="no check named"):
+        accept_failure(instance, definitions, "quarantined_events:no_such_check", "typo")
+
+    accepted = accept_failure(instance, definitions, check, "partner export of 4 March, INC-7")
+    assert accepted.failure == "1 windows quarantined more than 5% (max 100.0%)"
+    gate = blocking_checks_gate(instance, definitions)
+    assert gate.ok, gate.reason()
+
+    # The next run of another window no longer re-checks W1: it passes and publishes.
+    later = _run(definitions, instance, W2, W2)
+    assert later.success
+    assert _served(sqlite_app_db) != served
+    history = check_history(instance, names.QUARANTINED_EVENTS, names.QUARANTINE_SHARE)
+    assert [h.outcome for h in history][:3] == ["passed", "passed", "failed"]
+    assert history[1].metadata["accepted_reason"] == "partner export of 4 March, INC-7"

@@ -164,3 +164,13 @@ def test_backfill_reports_a_failed_run_in_one_line(
     )
     assert result.returncode == 1
     assert "failed" in result.stderr.strip().splitlines()[-1]
+
+
+def test_accepting_an_unknown_or_unfailed_check_is_one_line(tmp_path: Path) -> None:
+    env = {"RUNHUB_HOME": str(tmp_path)}
+    unknown = runhub("accept-check", "ingest_ledger:nope", "--reason", "x", env=env)
+    assert_one_line_error(unknown, "no check named 'ingest_ledger:nope'")
+    never_failed = runhub(
+        "accept-check", "quarantined_events:quarantine_share", "--reason", "x", env=env
+    )
+    assert_one_line_error(never_failed, "has no failed evaluation to accept")
