@@ -24,7 +24,7 @@ class SettingsError(ValueError):
 
 
 # DuckDB's memory limit per warehouse connection; beyond it, joins and sorts spill to disk.
-DEFAULT_WAREHOUSE_MEMORY = "1GB"
+DEFAULT_WAREHOUSE_MEMORY = "512MB"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from runhub_pipeline.assets.ingest import EVENT_SOURCES, source_select, window_bound
 from runhub_pipeline.resources.app_db import AppDatabase
 from tests.factories import (
     analytics_event,
@@ -209,3 +210,21 @@ def test_a_sqlalchemy_driver_url_reads_through_adbc(postgres_app_db: AppDatabase
         first = sum(b.num_rows for b in reader.batches("select project_id from projects"))
         second = sum(b.num_rows for b in reader.batches("select 1 where false"))
     assert (first, second) == (2, 0)
+
+
+@pytest.mark.postgres
+def test_a_windowed_postgres_read_streams_in_bounded_batches(postgres_app_db: AppDatabase) -> None:
+    """The window bounds are parameters; the read must still stream (COPY), not one batch."""
+    postgres_app_db.execute(
+        "insert into business_events (id, project_id, event_type, occurred_at, received_at,"
+        " idempotency_key) select g, 'p1', 'lead_created', timestamptz '2026-03-01 10:00Z',"
+        " timestamptz '2026-03-01 10:00Z' + g * interval '1 millisecond', 'k' || g"
+        " from generate_series(1, 400000) as g"
+    )
+    _, columns = EVENT_SOURCES["business_events"]
+    sql = source_select(postgres_app_db, "business_events", columns, windowed=True)
+    bounds = [window_bound(postgres_app_db, W0), window_bound(postgres_app_db, W1)]
+    with postgres_app_db.source_reader() as reader:
+        sizes = [batch.num_rows for batch in reader.batches(sql, bounds)]
+    assert sum(sizes) == 400000
+    assert len(sizes) > 1 and max(sizes) < 400000

@@ -7,12 +7,15 @@ every ingest. Everything a call reads replaces what the same windows held before
 transaction.
 """
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
 import duckdb
 import jinja2
+import pyarrow as pa
 
 from runhub_pipeline.models import render_model, run_model, statements_of
 from runhub_pipeline.resources.app_db import AppDatabase
@@ -145,6 +148,39 @@ def window_bound(app_db: AppDatabase, moment: datetime) -> object:
     return moment.astimezone(UTC)
 
 
+def _insert_source_rows(
+    connection: duckdb.DuckDBPyConnection,
+    batches: Iterator[pa.RecordBatch],
+    model: str,
+    raw_table: str,
+    columns: tuple[str, ...],
+) -> int:
+    """Run `model` (it selects from `_source_batch`) over all `batches` as one stream.
+
+    One statement over a stream, not one per batch: DuckDB then writes the rows of the open
+    transaction to disk as it goes. Appending batch by batch kept every uncommitted row in memory
+    (1.2 GiB for 5.8 million rows, growing with the data). Returns the rows inserted.
+    """
+    first = next(batches, None)
+    if first is None:
+        return 0
+    rows = 0
+
+    def counted() -> Iterator[pa.RecordBatch]:
+        nonlocal rows
+        for batch in itertools.chain([first], batches):
+            rows += batch.num_rows
+            yield batch
+
+    stream = pa.RecordBatchReader.from_batches(first.schema, counted())
+    connection.register("_source_batch", stream)
+    try:
+        run_model(connection, model, raw_table=raw_table, columns=columns)
+    finally:
+        connection.unregister("_source_batch")
+    return rows
+
+
 @dataclass(frozen=True)
 class IngestResult:
     source_rows: dict[str, int]
@@ -174,20 +210,14 @@ def ingest_windows(
     with app_db.source_reader() as reader:
         for table, (raw_table, columns) in EVENT_SOURCES.items():
             run_model(connection, "raw_events_delete", bounds, raw_table=raw_table)
-            counts[table] = 0
             sql = source_select(app_db, table, columns, windowed=True)
-            for batch in reader.batches(sql, window):
-                connection.register("_source_batch", batch)
-                run_model(connection, "raw_events", raw_table=raw_table, columns=columns)
-                connection.unregister("_source_batch")
-                counts[table] += batch.num_rows
+            counts[table] = _insert_source_rows(
+                connection, reader.batches(sql, window), "raw_events", raw_table, columns
+            )
         for table, (raw_table, columns) in SNAPSHOT_SOURCES.items():
             run_model(connection, "raw_snapshot_delete", raw_table=raw_table)
             sql = source_select(app_db, table, columns, windowed=False)
-            for batch in reader.batches(sql):
-                connection.register("_source_batch", batch)
-                run_model(connection, "raw_snapshot", raw_table=raw_table, columns=columns)
-                connection.unregister("_source_batch")
+            _insert_source_rows(connection, reader.batches(sql), "raw_snapshot", raw_table, columns)
     windows = int((window_end - window_start).total_seconds() // 900)
     return IngestResult(source_rows=counts, windows=windows)
 
