@@ -24,6 +24,7 @@ import dagster as dg
 GateState = Literal["passed", "pending", "blocked"]
 _COMPLETED = ("SUCCEEDED", "FAILED")
 _PAGE = 500
+_FIRST_PAGE = 5
 
 
 @dataclass(frozen=True)
@@ -154,17 +155,20 @@ def execution_records(
     """Every execution record of a check, newest first, read page by page.
 
     A range run leaves one unresolved "planned" record per window beside its one evaluation, so
-    a fixed-size page may hold no evaluation at all.
+    a fixed-size page may hold no evaluation at all. The first page is small: after a window run
+    the newest record is usually the evaluation, and every record read is deserialized.
     """
     cursor = None
+    limit = _FIRST_PAGE
     while True:
         records = instance.event_log_storage.get_asset_check_execution_history(
-            key, limit=page, cursor=cursor
+            key, limit=limit, cursor=cursor
         )
         yield from records
-        if len(records) < page:
+        if len(records) < limit:
             return
         cursor = records[-1].id
+        limit = page
 
 
 def _targets(evaluation: dg.AssetCheckEvaluation, record: Any, materialization: Any) -> bool:
