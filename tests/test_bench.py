@@ -43,9 +43,8 @@ def test_the_meter_counts_reads_on_both_paths_and_restores_them(
     original = SourceReader.batches
     with metered(postgres_app_db) as use:
         postgres_app_db.fetch_all("select project_id from projects")
-        rows = sum(
-            b.num_rows for b in postgres_app_db.arrow_batches("select project_id from projects")
-        )
+        with postgres_app_db.source_reader() as reader:
+            rows = sum(b.num_rows for b in reader.batches("select project_id from projects"))
         postgres_app_db.execute("update projects set name = name")
     assert rows == 4
     assert use.read_rows == 8 and use.read_statements == 2 and use.write_statements == 1

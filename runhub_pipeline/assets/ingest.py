@@ -158,8 +158,8 @@ def _insert_source_rows(
     """Run `model` (it selects from `_source_batch`) over all `batches` as one stream.
 
     One statement over a stream, not one per batch: DuckDB then writes the rows of the open
-    transaction to disk as it goes. Appending batch by batch kept every uncommitted row in memory
-    (1.2 GiB for 5.8 million rows, growing with the data). Returns the rows inserted.
+    transaction to disk as it goes. Appending batch by batch kept every uncommitted row in memory,
+    growing with the data. Returns the rows inserted.
     """
     first = next(batches, None)
     if first is None:

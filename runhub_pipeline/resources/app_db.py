@@ -106,32 +106,21 @@ class AppDatabase(dg.ConfigurableResource):
         with self.begin() as connection:
             connection.execute(sa.text(sql), dict(params or {}))
 
-    def arrow_batches(
-        self,
-        sql: str,
-        params: Sequence[Any] = (),
-        schema: pa.Schema | None = None,
-        batch_rows: int = ARROW_BATCH_ROWS,
-    ) -> Iterator[pa.RecordBatch]:
-        """Stream one query's rows as Arrow record batches (see `SourceReader.batches`)."""
-        with self.source_reader(batch_rows) as reader:
-            yield from reader.batches(sql, params, schema)
-
     @contextmanager
-    def source_reader(self, batch_rows: int = ARROW_BATCH_ROWS) -> Iterator[SourceReader]:
+    def source_reader(self) -> Iterator[SourceReader]:
         """One read-only source connection for several bulk reads.
 
         An ingest reads five tables; one connection instead of five saves a PostgreSQL
         connection set-up (~40 ms with ADBC) per table on every 15-minute tick.
         """
-        reader = SourceReader(self.url, self.dialect, batch_rows)
+        reader = SourceReader(self.url, self.dialect)
         try:
             yield reader
         finally:
             reader.close()
 
     def placeholder(self, position: int) -> str:
-        """The positional placeholder for `arrow_batches`, 1-based."""
+        """The positional placeholder for `SourceReader.batches`, 1-based."""
         return f"${position}" if self.dialect == "postgresql" else "?"
 
 
@@ -147,8 +136,8 @@ def _bind_client_side(sql: str, params: Sequence[Any]) -> str:
     """`sql` with its `$n` placeholders replaced by values quoted by psycopg.
 
     ADBC streams a result in bounded batches only through COPY, and COPY takes no server-side
-    parameters: a query with bound parameters came back as one batch of the whole result (8 GiB
-    for a 30-day backfill of 20 million events). psycopg does the same client-side binding for
+    parameters: a query with bound parameters came back as one batch of the whole result (every
+    event of a 30-day backfill in memory at once). psycopg does the same client-side binding for
     its own `COPY` with parameters; the values are still never formatted into SQL by hand.
     """
     from psycopg import sql as pg_sql
@@ -162,33 +151,28 @@ class SourceReader:
     """Bulk reads over one connection: ADBC (COPY-based, Arrow out) on PostgreSQL, a read-only
     cursor on SQLite; opened on first use, closed by `AppDatabase.source_reader`."""
 
-    def __init__(self, url: str, dialect: Dialect, batch_rows: int) -> None:
+    def __init__(self, url: str, dialect: Dialect) -> None:
         self._url = url
         self._dialect = dialect
-        self._batch_rows = batch_rows
         self._connection: Any = None
 
-    def batches(
-        self, sql: str, params: Sequence[Any] = (), schema: pa.Schema | None = None
-    ) -> Iterator[pa.RecordBatch]:
-        """Stream a query's rows as Arrow record batches of bounded size.
+    def batches(self, sql: str, params: Sequence[Any] = ()) -> Iterator[pa.RecordBatch]:
+        """Stream a query's rows as Arrow record batches of bounded size, all of one schema.
 
         `sql` uses positional placeholders: `$1, $2` on PostgreSQL, `?` on SQLite (see
-        `AppDatabase.placeholder`). Columns are cast to `schema` when it is given.
+        `AppDatabase.placeholder`).
         """
         if self._dialect == "postgresql":
-            yield from self._postgres_batches(sql, params, schema)
+            yield from self._postgres_batches(sql, params)
         else:
-            yield from self._sqlite_batches(sql, params, schema)
+            yield from self._sqlite_batches(sql, params)
 
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    def _postgres_batches(
-        self, sql: str, params: Sequence[Any], schema: pa.Schema | None
-    ) -> Iterator[pa.RecordBatch]:
+    def _postgres_batches(self, sql: str, params: Sequence[Any]) -> Iterator[pa.RecordBatch]:
         import adbc_driver_postgresql.dbapi as adbc
 
         if self._connection is None:
@@ -201,12 +185,9 @@ class SourceReader:
                 cursor.execute("set time zone 'UTC'")
         with self._connection.cursor() as cursor:
             cursor.execute(_bind_client_side(sql, params))
-            for batch in cursor.fetch_record_batch():
-                yield batch.cast(schema) if schema is not None else batch
+            yield from cursor.fetch_record_batch()
 
-    def _sqlite_batches(
-        self, sql: str, params: Sequence[Any], schema: pa.Schema | None
-    ) -> Iterator[pa.RecordBatch]:
+    def _sqlite_batches(self, sql: str, params: Sequence[Any]) -> Iterator[pa.RecordBatch]:
         path = sa.make_url(self._url).database or ":memory:"
         try:
             if self._connection is None:
@@ -216,7 +197,8 @@ class SourceReader:
                 )
             cursor = self._connection.execute(sql, tuple(params))
             names = [column[0] for column in cursor.description]
-            while rows := cursor.fetchmany(self._batch_rows):
+            schema: pa.Schema | None = None
+            while rows := cursor.fetchmany(ARROW_BATCH_ROWS):
                 columns = list(zip(*rows, strict=True))
                 if schema is None:
                     # Every batch of a query gets the first one's types, so the batches form one
