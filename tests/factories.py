@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from runhub_pipeline.assets.ingest import IngestResult
 from runhub_pipeline.assets.staging import ingest_and_stage as stage_in_one_transaction
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse
@@ -110,10 +111,11 @@ def analytics_event(
 
 def ingest_and_stage(
     app_db: AppDatabase, warehouse: Warehouse, start: datetime, end: datetime
-) -> None:
-    """Run the ingest and staging layers for [start, end) without Dagster."""
+) -> IngestResult:
+    """Run the ingest and staging layers for [start, end) without Dagster; what was read."""
     with warehouse.writer() as connection:
-        stage_in_one_transaction(app_db, connection, start, end, FIXED_NOW)
+        ingested, _ = stage_in_one_transaction(app_db, connection, start, end, FIXED_NOW)
+    return ingested
 
 
 def warehouse_at(tmp_path: Path) -> Warehouse:

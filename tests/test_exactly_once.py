@@ -25,8 +25,14 @@ START = utc("2026-03-07 22:00")
 WINDOWS = 8
 END = START + WINDOWS * WINDOW
 
-# Bookkeeping that records history by design, not state (see README, "Exactly once").
-HISTORY_TABLES = {"stg_changes", "mart_progress", "platform_success_metrics"}
+# Bookkeeping that records history by design, or how far a reader got, not state (see README,
+# "Exactly once").
+HISTORY_TABLES = {
+    "stg_changes",
+    "mart_progress",
+    "platform_success_metrics",
+    "source_read_horizons",
+}
 # last_rollup_at is MAX(updated_at) of the served rows (CONTRACT §5): a time of write too.
 TIME_OF_WRITE_COLUMNS = {"updated_at", "ingested_at", "staged_at", "last_rollup_at"}
 

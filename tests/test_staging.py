@@ -222,7 +222,7 @@ def test_a_windowed_postgres_read_streams_in_bounded_batches(postgres_app_db: Ap
         " from generate_series(1, 400000) as g"
     )
     _, columns = EVENT_SOURCES["business_events"]
-    sql = source_select(postgres_app_db, "business_events", columns, windowed=True)
+    sql = source_select(postgres_app_db, "business_events", columns, "window")
     bounds = [window_bound(postgres_app_db, W0), window_bound(postgres_app_db, W1)]
     with postgres_app_db.source_reader() as reader:
         sizes = [batch.num_rows for batch in reader.batches(sql, bounds)]

@@ -2,15 +2,33 @@
 
 Event rows are chosen by `received_at` in `[window_start, window_end)` and streamed as Arrow
 batches; every column but `id` and `received_at` arrives as text, because the pipeline never
-trusts it. The app's small tables (projects, workflow runs, digest e-mails) are copied whole on
-every ingest. Everything a call reads replaces what the same windows held before, in one DuckDB
+trusts it. Everything a call reads replaces what the same windows held before, in one DuckDB
 transaction.
+
+The app's small tables (projects, workflow runs, digest e-mails) have no change column in
+CONTRACT §3, and re-reading them whole was 94 % of the rows a 15-minute tick read (BENCHMARKS.md).
+On PostgreSQL a tick reads only the rows written since the previous ingest, found by the row's
+`xmin` (the transaction that wrote it), as xmin-based replication tools do:
+
+- The reader works in one REPEATABLE READ snapshot. Its `pg_snapshot_xmin` (the oldest
+  transaction still running) is stored as the table's horizon with the rows, in the same DuckDB
+  transaction. Every transaction older than the horizon had ended when the snapshot was taken,
+  so the next ingest reads the rows whose `xmin` is at or past it: nothing committed later can
+  be older.
+- `age(xmin) <= age(horizon)` compares transaction ids modulo 2^32 the way PostgreSQL does; a
+  horizon more than 2^31 transactions back, or ahead of the server (another cluster), means a
+  whole read.
+- Deletes leave no row to find: when the copy's row count then differs from the source's count
+  in the same snapshot, the table is read whole.
+
+SQLite (the embedded default, small by design) has no such column and is read whole each time.
 """
 
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import dagster as dg
 import duckdb
@@ -18,7 +36,7 @@ import jinja2
 import pyarrow as pa
 
 from runhub_pipeline.models import render_model, run_model, statements_of
-from runhub_pipeline.resources.app_db import AppDatabase
+from runhub_pipeline.resources.app_db import AppDatabase, SourceReader
 
 # Per source table: (warehouse raw table, columns after id/received_at). Constants, never input.
 EVENT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -42,9 +60,20 @@ EVENT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
 }
 
-SNAPSHOT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "projects": (
+
+@dataclass(frozen=True)
+class AppTableSource:
+    """A small app table kept in the warehouse as a copy of the whole table, keyed by `key`."""
+
+    raw_table: str
+    key: str
+    columns: tuple[str, ...]
+
+
+SNAPSHOT_SOURCES: dict[str, AppTableSource] = {
+    "projects": AppTableSource(
         "raw_projects",
+        "project_id",
         (
             "project_id",
             "name",
@@ -62,8 +91,9 @@ SNAPSHOT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
             "created_at",
         ),
     ),
-    "workflow_runs": (
+    "workflow_runs": AppTableSource(
         "raw_workflow_runs",
+        "id",
         (
             "id",
             "project_id",
@@ -81,8 +111,9 @@ SNAPSHOT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
             "error",
         ),
     ),
-    "inhouse_emails": (
+    "inhouse_emails": AppTableSource(
         "raw_inhouse_emails",
+        "id",
         (
             "id",
             "project_id",
@@ -101,7 +132,7 @@ SNAPSHOT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 _SOURCE_SELECT = jinja2.Template(
     """select
-{%- if with_event_keys %}
+{%- if rows == "window" %}
     id,
     {{ received_at }} as received_at,
 {%- endif %}
@@ -109,15 +140,28 @@ _SOURCE_SELECT = jinja2.Template(
     {{ text(column) }} as {{ column }}{{ "," if not loop.last }}
 {%- endfor %}
 from {{ table }}
-{%- if with_event_keys %}
+{%- if rows == "window" %}
 where received_at >= {{ p1 }} and received_at < {{ p2 }}
+{%- elif rows == "changed" %}
+where age(xmin) <= age(({{ p1 }} % 4294967296)::text::xid)
 {%- endif %}""",
     undefined=jinja2.StrictUndefined,
 )
 
+SourceRows = Literal["window", "all", "changed"]
 
-def source_select(app_db: AppDatabase, table: str, columns: tuple[str, ...], windowed: bool) -> str:
-    """The source query for one table: text columns, windowed on received_at for events."""
+
+def source_select(
+    app_db: AppDatabase, table: str, columns: tuple[str, ...], rows: SourceRows
+) -> str:
+    """The source query for one table, every column as text.
+
+    `window`: event rows with received_at in `[$1, $2)`, with id and received_at first; `all`:
+    the whole table; `changed` (PostgreSQL): rows written by transactions at or past the horizon
+    `$1` (module docstring).
+    """
+    if rows == "changed" and app_db.dialect != "postgresql":
+        raise ValueError("only PostgreSQL rows carry the writing transaction (xmin)")
     if app_db.dialect == "postgresql":
 
         def as_text(column: str) -> str:
@@ -134,7 +178,7 @@ def source_select(app_db: AppDatabase, table: str, columns: tuple[str, ...], win
         table=table,
         columns=columns,
         text=as_text,
-        with_event_keys=windowed,
+        rows=rows,
         received_at=received_at,
         p1=app_db.placeholder(1),
         p2=app_db.placeholder(2),
@@ -154,6 +198,7 @@ def _insert_source_rows(
     model: str,
     raw_table: str,
     columns: tuple[str, ...],
+    **shape: str,
 ) -> int:
     """Run `model` (it selects from `_source_batch`) over all `batches` as one stream.
 
@@ -175,7 +220,7 @@ def _insert_source_rows(
     stream = pa.RecordBatchReader.from_batches(first.schema, counted())
     connection.register("_source_batch", stream)
     try:
-        run_model(connection, model, raw_table=raw_table, columns=columns)
+        run_model(connection, model, None, raw_table=raw_table, columns=columns, **shape)
     finally:
         connection.unregister("_source_batch")
     return rows
@@ -185,6 +230,8 @@ def _insert_source_rows(
 class IngestResult:
     source_rows: dict[str, int]
     windows: int
+    # Rows read per small app table: all of it, or only what changed since the last ingest.
+    app_table_rows: dict[str, int]
 
 
 def ensure_warehouse_schema(connection: duckdb.DuckDBPyConnection) -> None:
@@ -198,7 +245,8 @@ def ingest_windows(
     window_start: datetime,
     window_end: datetime,
 ) -> IngestResult:
-    """Replace the raw rows of `[window_start, window_end)` and the app-table snapshots.
+    """Replace the raw rows of `[window_start, window_end)` and bring the app-table copies up to
+    date.
 
     Runs inside the caller's transaction (`staging.ingest_and_stage`, which stages what this
     read), so a crash leaves the previous rows of every window whole.
@@ -210,21 +258,82 @@ def ingest_windows(
     with app_db.source_reader() as reader:
         for table, (raw_table, columns) in EVENT_SOURCES.items():
             run_model(connection, "raw_events_delete", bounds, raw_table=raw_table)
-            sql = source_select(app_db, table, columns, windowed=True)
+            sql = source_select(app_db, table, columns, "window")
             counts[table] = _insert_source_rows(
                 connection, reader.batches(sql, window), "raw_events", raw_table, columns
             )
-        for table, (raw_table, columns) in SNAPSHOT_SOURCES.items():
-            run_model(connection, "raw_snapshot_delete", raw_table=raw_table)
-            sql = source_select(app_db, table, columns, windowed=False)
-            _insert_source_rows(connection, reader.batches(sql), "raw_snapshot", raw_table, columns)
+        app_table_rows = refresh_app_tables(app_db, reader, connection)
     windows = int((window_end - window_start).total_seconds() // 900)
-    return IngestResult(source_rows=counts, windows=windows)
+    return IngestResult(source_rows=counts, windows=windows, app_table_rows=app_table_rows)
+
+
+# How far back a stored horizon may lie for `age()` to order transaction ids correctly: PostgreSQL
+# compares them modulo 2^32, so only ids within 2^31 of each other; half of that leaves room for
+# the transactions that start while a tick runs.
+_HORIZON_REACH = 2**30
+
+
+def refresh_app_tables(
+    app_db: AppDatabase, reader: SourceReader, connection: duckdb.DuckDBPyConnection
+) -> dict[str, int]:
+    """Bring the copies of the small app tables up to date; the rows read per table."""
+    if app_db.dialect != "postgresql":
+        return {
+            table: _read_app_table(app_db, reader, connection, table) for table in SNAPSHOT_SOURCES
+        }
+    horizon, source_counts = _snapshot_state(reader)
+    stored = dict(
+        connection.execute("select source_table, xmin_horizon from source_read_horizons").fetchall()
+    )
+    rows_read: dict[str, int] = {}
+    for table, source in SNAPSHOT_SOURCES.items():
+        since = stored.get(table)
+        if since is not None and 0 <= horizon - since < _HORIZON_REACH:
+            rows_read[table] = _read_app_table(app_db, reader, connection, table, since)
+            copied = connection.execute(f"select count(*) from {source.raw_table}").fetchone()
+            if copied is None or copied[0] != source_counts[table]:  # a delete leaves no row
+                rows_read[table] += _read_app_table(app_db, reader, connection, table)
+        else:
+            rows_read[table] = _read_app_table(app_db, reader, connection, table)
+        connection.execute(
+            "insert or replace into source_read_horizons values ($table, $horizon)",
+            {"table": table, "horizon": horizon},
+        )
+    return rows_read
+
+
+def _snapshot_state(reader: SourceReader) -> tuple[int, dict[str, int]]:
+    """The reader snapshot's horizon and each small app table's row count in it."""
+    counts = ", ".join(f"(select count(*) from {table}) as {table}" for table in SNAPSHOT_SOURCES)
+    sql = f"select pg_snapshot_xmin(pg_current_snapshot())::text::bigint as horizon, {counts}"
+    (row,) = pa.Table.from_batches(list(reader.batches(sql))).to_pylist()
+    return int(row["horizon"]), {table: int(row[table]) for table in SNAPSHOT_SOURCES}
+
+
+def _read_app_table(
+    app_db: AppDatabase,
+    reader: SourceReader,
+    connection: duckdb.DuckDBPyConnection,
+    table: str,
+    changed_since: int | None = None,
+) -> int:
+    """Copy an app table's rows into its raw table: every row (replacing the copy) or, with a
+    horizon, the rows changed since it (replacing those keys). Returns the rows read."""
+    source = SNAPSHOT_SOURCES[table]
+    if changed_since is None:
+        run_model(connection, "raw_snapshot_delete", raw_table=source.raw_table)
+        batches = reader.batches(source_select(app_db, table, source.columns, "all"))
+    else:
+        sql = source_select(app_db, table, source.columns, "changed")
+        batches = reader.batches(sql, [changed_since])
+    return _insert_source_rows(
+        connection, batches, "raw_snapshot", source.raw_table, source.columns, key=source.key
+    )
 
 
 RAW_ASSET_KEYS = (
     *(raw_table for raw_table, _ in EVENT_SOURCES.values()),
-    *(raw_table for raw_table, _ in SNAPSHOT_SOURCES.values()),
+    *(source.raw_table for source in SNAPSHOT_SOURCES.values()),
 )
 
 RAW_DESCRIPTIONS = {
@@ -232,13 +341,16 @@ RAW_DESCRIPTIONS = {
     " into 15-minute ingest windows; every column but id and received_at as text.",
     "raw_analytics_events": "Source inhouse_analytics_events rows as read, grain id, bucketed by"
     " received_at into 15-minute ingest windows; every column but id and received_at as text.",
-    "raw_projects": "Snapshot of the app's projects table, grain project_id, re-read each run.",
-    "raw_workflow_runs": "Snapshot of the app's workflow_runs table, grain id, re-read each run.",
-    "raw_inhouse_emails": "Snapshot of the app's inhouse_emails table, grain id, re-read each run.",
+    "raw_projects": "Copy of the app's projects table, grain project_id, brought up to date each"
+    " run (PostgreSQL: only the rows changed since the last run are read).",
+    "raw_workflow_runs": "Copy of the app's workflow_runs table, grain id, brought up to date each"
+    " run (PostgreSQL: only the rows changed since the last run are read).",
+    "raw_inhouse_emails": "Copy of the app's inhouse_emails table, grain id, brought up to date"
+    " each run (PostgreSQL: only the rows changed since the last run are read).",
 }
 RAW_SOURCES = {
     **{raw_table: table for table, (raw_table, _) in EVENT_SOURCES.items()},
-    **{raw_table: table for table, (raw_table, _) in SNAPSHOT_SOURCES.items()},
+    **{source.raw_table: table for table, source in SNAPSHOT_SOURCES.items()},
 }
 
 

@@ -180,6 +180,7 @@ def build_staging_assets(
             "duplicates": staged.duplicates,
             "quarantined": sum(staged.quarantined.values()),
             "changed_events": staged.changed_events,
+            **{f"app_{table}_rows_read": rows for table, rows in ingested.app_table_rows.items()},
         }
         for key in STAGING_ASSET_KEYS:
             yield dg.MaterializeResult(asset_key=key, metadata=summary)

@@ -149,7 +149,8 @@ def _bind_client_side(sql: str, params: Sequence[Any]) -> str:
 
 class SourceReader:
     """Bulk reads over one connection: ADBC (COPY-based, Arrow out) on PostgreSQL, a read-only
-    cursor on SQLite; opened on first use, closed by `AppDatabase.source_reader`."""
+    cursor on SQLite; opened on first use, closed by `AppDatabase.source_reader`. On PostgreSQL
+    all reads run in one REPEATABLE READ transaction, so they see one snapshot."""
 
     def __init__(self, url: str, dialect: Dialect) -> None:
         self._url = url
@@ -183,6 +184,12 @@ class SourceReader:
                 raise AppDbError(f"cannot connect to the app database: {first_line}") from error
             with self._connection.cursor() as cursor:
                 cursor.execute("set time zone 'UTC'")
+                # Every read of this reader sees one snapshot: the events, the small app tables
+                # and the horizon their incremental reads start from (assets/ingest.py).
+                cursor.execute(
+                    "set session characteristics as transaction isolation level repeatable read"
+                )
+            self._connection.commit()
         with self._connection.cursor() as cursor:
             cursor.execute(_bind_client_side(sql, params))
             yield from cursor.fetch_record_batch()

@@ -135,7 +135,7 @@ create table if not exists mart_progress (
     watermark timestamptz
 );
 
--- Snapshots of app tables, replaced on every ingest, every column as text.
+-- Copies of the small app tables, brought up to date on every ingest, every column as text.
 create table if not exists raw_projects (
     project_id varchar, name varchar, timezone varchar, currency varchar, locale varchar,
     owner_email varchar, digest_enabled varchar, digest_hour varchar, digest_next_at varchar,
@@ -153,4 +153,12 @@ create table if not exists raw_inhouse_emails (
     id varchar, project_id varchar, template_name varchar, locale varchar, to_email varchar,
     subject varchar, status varchar, idempotency_key varchar, created_at varchar,
     sent_at varchar, error varchar
+);
+
+-- Per small app table copied above, the PostgreSQL snapshot horizon (`pg_snapshot_xmin`) of its
+-- last read: the next ingest reads only rows written by transactions at or past it
+-- (assets/ingest.py). Written in the same transaction as the rows.
+create table if not exists source_read_horizons (
+    source_table varchar primary key,
+    xmin_horizon bigint not null
 );
