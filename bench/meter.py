@@ -5,7 +5,8 @@ Two paths reach the app database: SQLAlchemy statements on the process-wide engi
 (`SourceReader.batches`: event windows and the app-table snapshots). The meter listens to
 the engine's cursor events and wraps `SourceReader.batches` on the class for the duration of a
 block; it times only the database side (a generator's `next`, a cursor's execute), not what the
-caller does with the rows. Statements with a result are reads; the others are writes.
+caller does with the rows, and the ADBC connection set-up separately. Statements with a result
+are reads; the others are writes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from runhub_pipeline.resources.app_db import AppDatabase, SourceReader
 
 @dataclass
 class SourceUse:
+    # Time inside reads, connection set-up excluded (it is `connect_seconds`): the rollup the
+    # tick is compared with is timed on an open connection too.
     read_seconds: float = 0.0
+    connect_seconds: float = 0.0
     read_rows: int = 0
     read_statements: int = 0
     write_seconds: float = 0.0
@@ -65,21 +69,34 @@ def metered(app_db: AppDatabase) -> Iterator[SourceUse]:
             use.write_statements += 1
 
     original = SourceReader.batches
+    original_connection = SourceReader._postgres_connection
+    connecting = 0.0  # set-up time spent inside the current `next(batches)`
+
+    def postgres_connection(self: SourceReader) -> Any:
+        nonlocal connecting
+        tick = time.perf_counter()
+        try:
+            return original_connection(self)
+        finally:
+            connecting += time.perf_counter() - tick
 
     def batches(
         self: SourceReader, sql: str, params: Sequence[Any] = (), *args: Any, **kwargs: Any
     ) -> Iterator[pa.RecordBatch]:
+        nonlocal connecting
         batches = original(self, sql, params, *args, **kwargs)
         seconds, rows = 0.0, 0
         try:
             while True:
-                tick = time.perf_counter()
+                tick, connecting = time.perf_counter(), 0.0
                 try:
                     batch = next(batches)
                 except StopIteration:
-                    seconds += time.perf_counter() - tick
+                    seconds += time.perf_counter() - tick - connecting
                     break
-                seconds += time.perf_counter() - tick
+                finally:
+                    use.connect_seconds += connecting
+                seconds += time.perf_counter() - tick - connecting
                 rows += batch.num_rows
                 yield batch
         finally:
@@ -88,10 +105,12 @@ def metered(app_db: AppDatabase) -> Iterator[SourceUse]:
     sa.event.listen(engine, "before_cursor_execute", before)
     sa.event.listen(engine, "after_cursor_execute", after)
     SourceReader.batches = batches  # type: ignore[method-assign]
+    SourceReader._postgres_connection = postgres_connection  # type: ignore[method-assign]
     try:
         yield use
     finally:
         SourceReader.batches = original  # type: ignore[method-assign]
+        SourceReader._postgres_connection = original_connection  # type: ignore[method-assign]
         sa.event.remove(engine, "after_cursor_execute", after)
         sa.event.remove(engine, "before_cursor_execute", before)
 

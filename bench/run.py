@@ -229,6 +229,8 @@ def figures(plan: Plan, results: Results) -> list[Figure]:
                 + ", ".join(f"{t.source_read_seconds:.3f}" for t in ticks)
                 + " s; rollup "
                 + ", ".join(f"{t.rollup.seconds:.3f}" for t in ticks)
+                + " s; each side on an open connection, the tick's set-up "
+                + ", ".join(f"{t.source_connect_seconds:.3f}" for t in ticks)
                 + " s",
             ),
             Figure(

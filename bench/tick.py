@@ -73,6 +73,7 @@ class TickSample:
     call_to_first_event: float
     timings: RunTimings
     source_read_seconds: float
+    source_connect_seconds: float
     source_rows: int
     source_statements: int
     rows_by_query: dict[str, int]
@@ -134,6 +135,7 @@ def measure_tick(home: BenchHome, window: datetime) -> TickSample:
         call_to_first_event=max(first - called, 0.0),
         timings=timings,
         source_read_seconds=use.read_seconds,
+        source_connect_seconds=use.connect_seconds,
         source_rows=use.read_rows,
         source_statements=use.read_statements,
         rows_by_query=dict(use.rows_by_query),

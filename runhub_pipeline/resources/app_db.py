@@ -174,6 +174,12 @@ class SourceReader:
             self._connection = None
 
     def _postgres_batches(self, sql: str, params: Sequence[Any]) -> Iterator[pa.RecordBatch]:
+        with self._postgres_connection().cursor() as cursor:
+            cursor.execute(_bind_client_side(sql, params))
+            yield from cursor.fetch_record_batch()
+
+    def _postgres_connection(self) -> Any:
+        """The reader's ADBC connection, opened on first use."""
         import adbc_driver_postgresql.dbapi as adbc
 
         if self._connection is None:
@@ -190,9 +196,7 @@ class SourceReader:
                     "set session characteristics as transaction isolation level repeatable read"
                 )
             self._connection.commit()
-        with self._connection.cursor() as cursor:
-            cursor.execute(_bind_client_side(sql, params))
-            yield from cursor.fetch_record_batch()
+        return self._connection
 
     def _sqlite_batches(self, sql: str, params: Sequence[Any]) -> Iterator[pa.RecordBatch]:
         path = sa.make_url(self._url).database or ":memory:"
