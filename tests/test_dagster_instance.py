@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from runhub_pipeline.instance import PooledDagsterInstance
 from runhub_pipeline.orchestration import dagster_instance, execute_window_range
 from runhub_pipeline.settings import Settings
 from tests.factories import business_event, insert_rows, project, utc
@@ -105,13 +107,23 @@ def test_production_dagster_yaml_uses_postgres_storage(production_home: tuple[Pa
     assert limit == (1,)
 
 
+def sessions_established(url: str) -> int:
+    """Connections ever made to the database at `url` (PostgreSQL counts them as they close)."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        time.sleep(0.5)  # let closing backends report
+        row = connection.execute(
+            "select sessions from pg_stat_database where datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_a_window_range_runs_on_the_production_instance(
     production_home: tuple[Path, str], sqlite_app_db, tmp_path: Path
 ) -> None:
     """Runs really write their events to dagster-postgres: one materialization per window."""
-    home, _ = production_home
+    home, url = production_home
     insert_rows(sqlite_app_db, "projects", [project("p1")])
     at = utc("2026-03-01 10:01")
     insert_rows(sqlite_app_db, "business_events", [business_event(1, "p1", "lead_created", at, at)])
@@ -122,9 +134,15 @@ def test_a_window_range_runs_on_the_production_instance(
             "DAGSTER_HOME": str(home),
         }
     )
+    sessions_before = sessions_established(url)
     outcome = execute_window_range(settings, utc("2026-03-01 10:00"), utc("2026-03-01 10:45"))
+    sessions_during = sessions_established(url) - sessions_before
     assert outcome.success, outcome.failure
+    # Without the pool (plain DagsterInstance) this run made 853 connections, ~3 per event; with
+    # it 72, most of them the storages' table checks while the instance is created.
+    assert sessions_during < 150, sessions_during
     with dagster_instance(settings) as instance:
+        assert isinstance(instance, PooledDagsterInstance)
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         for table in ("stg_business_events", "business_kpi_daily", "app_business_kpi_daily"):
             assert instance.get_materialized_partitions(dg.AssetKey(table)) == {
