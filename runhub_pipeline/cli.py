@@ -16,10 +16,22 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from runhub_pipeline.definitions import build_definitions
-from runhub_pipeline.orchestration import RunOutcome, dagster_instance, execute_window_range
+from runhub_pipeline.orchestration import (
+    DagsterHomeError,
+    RunOutcome,
+    dagster_instance,
+    execute_window_range,
+)
 from runhub_pipeline.resources.app_db import AppDatabase, AppDbError, describe_db_error
 from runhub_pipeline.resources.warehouse import WarehouseNotBuiltError, utc_now
-from runhub_pipeline.settings import WINDOW, Settings, SettingsError, floor_to_window, parse_utc
+from runhub_pipeline.settings import (
+    WINDOW,
+    Settings,
+    SettingsError,
+    floor_to_window,
+    parse_utc,
+    path_problem,
+)
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -97,7 +109,9 @@ def ensure_home(settings: Settings) -> None:
         with tempfile.TemporaryFile(dir=settings.home):
             pass
     except OSError as error:
-        raise CliError(f"RUNHUB_HOME {settings.home} is not writable: {error.strerror}") from None
+        raise CliError(
+            f"RUNHUB_HOME {settings.home} is not writable: {path_problem(error)}"
+        ) from None
 
 
 def open_app_db(settings: Settings, must_exist: bool = True) -> AppDatabase:
@@ -113,7 +127,31 @@ def open_app_db(settings: Settings, must_exist: bool = True) -> AppDatabase:
             connection.execute(sa.text("select 1"))
     except (sa.exc.DBAPIError, sa.exc.ArgumentError) as error:
         raise CliError(describe_db_error(settings.app_db_url, error)) from None
+    if must_exist:
+        require_current_schema(app_db)
     return app_db
+
+
+def require_current_schema(app_db: AppDatabase) -> None:
+    """Refuse an app database that `runhub init` has not brought up to the shipped migrations.
+
+    Otherwise a run on, say, an empty database fails inside Dagster: a stack trace per step, a
+    failed run in the instance and a warehouse writer file left behind.
+    """
+    from runhub_pipeline.resources.app_schema import migration_files
+
+    with app_db.begin() as connection:
+        # `runhub init` records every migration it applies in this table.
+        if not sa.inspect(connection).has_table("runhub_schema_migrations"):
+            problem = "no Run Hub schema (table runhub_schema_migrations is missing)"
+        else:
+            versions = connection.execute(sa.text("select version from runhub_schema_migrations"))
+            applied = set(versions.scalars())
+            missing = [name for version, name, _ in migration_files() if version not in applied]
+            if not missing:
+                return
+            problem = f"schema is not current ({', '.join(missing)} not applied)"
+    raise CliError(f"{describe_db_error(app_db.url, CliError(problem))}: run `runhub init`")
 
 
 def command_init(settings: Settings) -> None:
@@ -186,6 +224,7 @@ def command_backfill(settings: Settings, args: argparse.Namespace) -> int:
 def command_accept_check(settings: Settings, args: argparse.Namespace) -> None:
     from runhub_pipeline.checks.accept import AcceptError, accept_failure
 
+    ensure_home(settings)
     with dagster_instance(settings) as instance:
         try:
             accepted = accept_failure(
@@ -222,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             command_accept_check(settings, args)
             return 0
         return command_demo(settings, args)
-    except (CliError, SettingsError, AppDbError, WarehouseNotBuiltError) as error:
+    except (CliError, SettingsError, AppDbError, WarehouseNotBuiltError, DagsterHomeError) as error:
         print(f"runhub: error: {error}", file=sys.stderr)
         return EXIT_USAGE if isinstance(error, SettingsError) else EXIT_FAILED
     except KeyboardInterrupt:

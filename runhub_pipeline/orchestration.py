@@ -15,7 +15,7 @@ import dagster as dg
 
 from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
 from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition_key
-from runhub_pipeline.settings import Settings
+from runhub_pipeline.settings import Settings, path_problem
 
 # The embedded instance: SQLite storage under DAGSTER_HOME and queued runs. No pool limit: a run
 # killed with -9 would keep its pool slot until a daemon's run monitoring frees it, and the next
@@ -51,15 +51,25 @@ PLANNED_EVENTS_SETTING = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 EVENT_BATCH_SETTING = "DAGSTER_EVENT_BATCH_SIZE"
 
 
+class DagsterHomeError(RuntimeError):
+    """DAGSTER_HOME cannot be created or written; one line for the user."""
+
+
 def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     """The persistent instance at DAGSTER_HOME, created with the embedded config if new."""
     os.environ.setdefault(PLANNED_EVENTS_SETTING, "true")
     os.environ.setdefault(EVENT_BATCH_SETTING, "1000")
     home = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(EMBEDDED_DAGSTER_YAML)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if not config.exists():
+            config.write_text(EMBEDDED_DAGSTER_YAML)
+    except OSError as error:
+        # DAGSTER_HOME may live outside RUNHUB_HOME, so the CLI's home check does not cover it.
+        raise DagsterHomeError(
+            f"DAGSTER_HOME {home} is not writable: {path_problem(error)}"
+        ) from None
     return dg.DagsterInstance.from_config(str(home))
 
 

@@ -105,3 +105,11 @@ def floor_to_window(moment: datetime) -> datetime:
     """The start of the 15-minute UTC window that contains `moment`."""
     moment = moment.astimezone(UTC)
     return moment.replace(minute=moment.minute - moment.minute % 15, second=0, microsecond=0)
+
+
+def path_problem(error: OSError) -> str:
+    """Why a home directory (RUNHUB_HOME, DAGSTER_HOME) could not be created, for the user."""
+    # mkdir(exist_ok=True) on an existing regular file says only "File exists".
+    if isinstance(error, FileExistsError):
+        return "it is a file, not a directory"
+    return error.strerror or str(error)

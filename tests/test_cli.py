@@ -174,3 +174,90 @@ def test_accepting_an_unknown_or_unfailed_check_is_one_line(tmp_path: Path) -> N
         "accept-check", "quarantined_events:quarantine_share", "--reason", "x", env=env
     )
     assert_one_line_error(never_failed, "has no failed evaluation to accept")
+
+
+def test_accept_check_with_an_unwritable_home_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = runhub(
+        "accept-check",
+        "quarantined_events:quarantine_share",
+        "--reason",
+        "x",
+        env={"RUNHUB_HOME": str(blocker)},
+    )
+    assert_one_line_error(result, "not writable: it is a file, not a directory")
+
+
+def test_unwritable_dagster_home_is_one_line_and_creates_nothing(
+    sqlite_app_db: AppDatabase, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    home = tmp_path / "home"
+    env = {
+        "RUNHUB_HOME": str(home),
+        "RUNHUB_APP_DB_URL": sqlite_app_db.url,
+        "DAGSTER_HOME": str(blocker / "dagster"),
+    }
+    result = runhub(
+        "backfill", "--start", "2026-03-01T00:00Z", "--end", "2026-03-01T00:15Z", env=env
+    )
+    assert_one_line_error(result, "DAGSTER_HOME")
+    assert list(home.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_uninitialised_app_database_is_one_line_and_creates_nothing(
+    dialect: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An app database that exists but never saw `runhub init` fails before any run is created."""
+    home = tmp_path / "home"
+    home.mkdir()
+    if dialect == "sqlite":
+        (home / "app.db").touch()
+        env = {"RUNHUB_HOME": str(home)}
+    else:
+        env = {
+            "RUNHUB_HOME": str(home),
+            "RUNHUB_APP_DB_URL": request.getfixturevalue("postgres_database_factory")(),
+        }
+    before = sorted(home.iterdir())
+    backfill = runhub(
+        "backfill", "--start", "2026-03-01T00:00Z", "--end", "2026-03-01T00:15Z", env=env
+    )
+    assert_one_line_error(backfill, "no Run Hub schema")
+    assert "run `runhub init`" in backfill.stderr
+    simulate = runhub("simulate", "--projects", "1", "--days", "1", "--seed", "1", env=env)
+    assert_one_line_error(simulate, "no Run Hub schema")
+    # No warehouse files, no Dagster instance (so no run), nothing else.
+    assert sorted(home.iterdir()) == before
+
+
+def test_app_database_behind_the_shipped_migrations_is_one_line(
+    sqlite_app_db: AppDatabase, tmp_path: Path
+) -> None:
+    """After an upgrade, a run must not start on a schema that lacks the new migration."""
+    _, latest, _ = migration_files()[-1]
+    with sqlite_app_db.begin() as connection:
+        connection.execute(
+            sa.text("delete from runhub_schema_migrations where name = :name"), {"name": latest}
+        )
+    home = tmp_path / "home"
+    env = {"RUNHUB_HOME": str(home), "RUNHUB_APP_DB_URL": sqlite_app_db.url}
+    result = runhub(
+        "backfill", "--start", "2026-03-01T00:00Z", "--end", "2026-03-01T00:15Z", env=env
+    )
+    assert_one_line_error(result, latest)
+    assert "run `runhub init`" in result.stderr
+    assert list(home.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite://", "sqlite:///:memory:"])
+def test_in_memory_sqlite_url_is_rejected(url: str, tmp_path: Path) -> None:
+    """An in-memory app database would vanish when `runhub init` exits."""
+    result = runhub("init", env={"RUNHUB_HOME": str(tmp_path), "RUNHUB_APP_DB_URL": url})
+    assert_one_line_error(result, "RUNHUB_APP_DB_URL")
+    assert result.returncode == 2

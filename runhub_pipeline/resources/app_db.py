@@ -33,6 +33,16 @@ class AppDbError(RuntimeError):
 def dialect_of(url: str) -> Dialect:
     scheme = urlsplit(url).scheme.split("+")[0]
     if scheme == "sqlite":
+        try:
+            database = sa.make_url(url).database
+        except sa.exc.ArgumentError:
+            raise SettingsError(f"RUNHUB_APP_DB_URL is not a valid URL: {url!r}") from None
+        # An in-memory database dies with its connection: `runhub init` would report success
+        # and keep nothing, and every later command and Dagster step would see an empty one.
+        if database in (None, "", ":memory:"):
+            raise SettingsError(
+                f"RUNHUB_APP_DB_URL must name a SQLite file (sqlite:///path/to/app.db), got {url!r}"
+            )
         return "sqlite"
     if scheme in ("postgresql", "postgres"):
         return "postgresql"
