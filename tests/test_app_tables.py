@@ -38,6 +38,15 @@ def source_runs(app_db: AppDatabase) -> dict[str, str]:
     return {row[0]: row[1] for row in app_db.fetch_all("select id, status from workflow_runs")}
 
 
+def ingested_copy(app_db: AppDatabase, tmp_path: Path, runs: list[dict[str, Any]]) -> Warehouse:
+    """A warehouse that has ingested project p1 and `runs` once."""
+    warehouse = warehouse_at(tmp_path)
+    insert_rows(app_db, "projects", [project("p1")])
+    insert_rows(app_db, "workflow_runs", runs)
+    ingest_and_stage(app_db, warehouse, W0, W1)
+    return warehouse
+
+
 def test_the_copy_follows_inserts_updates_and_deletes(app_db: AppDatabase, tmp_path: Path) -> None:
     warehouse = warehouse_at(tmp_path)
     insert_rows(app_db, "projects", [project("p1")])
@@ -79,10 +88,7 @@ def test_a_tick_reads_only_the_rows_changed_since_the_last_ingest(
 def test_a_delete_is_noticed_by_the_row_count_and_the_table_is_read_whole(
     postgres_app_db: AppDatabase, tmp_path: Path
 ) -> None:
-    warehouse = warehouse_at(tmp_path)
-    insert_rows(postgres_app_db, "projects", [project("p1")])
-    insert_rows(postgres_app_db, "workflow_runs", [workflow_run(f"r{i}") for i in range(10)])
-    ingest_and_stage(postgres_app_db, warehouse, W0, W1)
+    warehouse = ingested_copy(postgres_app_db, tmp_path, [workflow_run(f"r{i}") for i in range(10)])
 
     postgres_app_db.execute("delete from workflow_runs where id in ('r1', 'r2')")
     after_delete = ingest_and_stage(postgres_app_db, warehouse, W0, W1)
@@ -97,10 +103,7 @@ def test_a_transaction_older_than_a_read_that_commits_after_it_is_not_missed(
 ) -> None:
     """The case a "highest xmin seen" cursor loses: an older transaction commits an update late
     (a missed update, unlike a missed insert, leaves the row count unchanged)."""
-    warehouse = warehouse_at(tmp_path)
-    insert_rows(postgres_app_db, "projects", [project("p1")])
-    insert_rows(postgres_app_db, "workflow_runs", [workflow_run("r0", status="running")])
-    ingest_and_stage(postgres_app_db, warehouse, W0, W1)
+    warehouse = ingested_copy(postgres_app_db, tmp_path, [workflow_run("r0", status="running")])
 
     with psycopg.connect(postgres_app_db.url) as older:
         older.execute("select pg_current_xact_id()")  # takes its transaction id now
@@ -118,10 +121,7 @@ def test_a_horizon_the_server_has_not_reached_means_a_whole_read(
     postgres_app_db: AppDatabase, tmp_path: Path
 ) -> None:
     """A warehouse carried to another (restored) server must not trust its old horizon."""
-    warehouse = warehouse_at(tmp_path)
-    insert_rows(postgres_app_db, "projects", [project("p1")])
-    insert_rows(postgres_app_db, "workflow_runs", [workflow_run(f"r{i}") for i in range(5)])
-    ingest_and_stage(postgres_app_db, warehouse, W0, W1)
+    warehouse = ingested_copy(postgres_app_db, tmp_path, [workflow_run(f"r{i}") for i in range(5)])
     with warehouse.writer() as connection:
         connection.execute(
             "update source_read_horizons set xmin_horizon = $ahead", {"ahead": 10**10}
