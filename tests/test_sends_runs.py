@@ -8,10 +8,11 @@ send tests import them.
 
 import email
 import email.policy
+import itertools
 import json
 import socket
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -27,9 +28,10 @@ from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.email import FileOutboxTransport, SmtpTransport
 from runhub_pipeline.resources.warehouse import Warehouse
 from runhub_pipeline.sends.lifecycle import LeaseLostError, StartedRun, heartbeat, start_run
-from runhub_pipeline.sends.policy import LEASE_DURATION, RECIPIENT_CAP
+from runhub_pipeline.sends.policy import HEARTBEAT_EVERY, LEASE_DURATION, RECIPIENT_CAP
 from runhub_pipeline.sends.reaper import prune_sends, reap_expired_leases
 from runhub_pipeline.sends.runs import execute_run
+from runhub_pipeline.sends.stored import parse_time
 from runhub_pipeline.settings import Settings
 from tests.factories import FIXED_NOW, business_event, insert_rows, project, stored
 
@@ -554,7 +556,11 @@ def test_run_cooldown(app_db: AppDatabase, tmp_path: Path) -> None:
     # onboard_users has its own, 60-minute cooldown; p2 has its own runs.
     queue_run(app_db, "onboard", "p1", "onboard_users")
     queue_run(app_db, "p2-promo", "p2", "send_promo")
-    assert execute_run(app_db, warehouse, outbox(tmp_path), settings, "onboard", NOW).status
+    onboard = execute_run(app_db, warehouse, outbox(tmp_path), settings, "onboard", NOW)
+    assert (onboard.status, onboard.note, onboard.sent_now) == ("succeeded", "", 0)
+    assert run_row(app_db, "onboard").error is None
+    # Not blocked: its one recipient was skipped only because promo "first" mailed it.
+    assert result_of(app_db, "onboard")["skipped"] == {"recently_emailed": 1}
     assert execute_run(app_db, warehouse, outbox(tmp_path), settings, "p2-promo", NOW).status == (
         "succeeded"
     )
@@ -629,6 +635,154 @@ def test_heartbeat_extends_the_lease_and_detects_a_takeover(app_db: AppDatabase)
     assert isinstance(taken, StartedRun) and taken.attempt == 2
     with pytest.raises(LeaseLostError):
         heartbeat(app_db, run, later + LEASE_DURATION + timedelta(seconds=3))
+
+
+class LeaseWatch:
+    """Watches a run's lease from a second connection while `execute_run` runs.
+
+    Each transaction of the worker opens its own connection; before it starts (SQLAlchemy's
+    `engine_connect` event, so between two of the worker's transactions) the watch reads the
+    run's `lease_expires_at` and how many recipients are marked sent: a heartbeat shows up as a
+    new expiry next to the number sent before it. With `take_over`, right after the first
+    heartbeat the reaper finds the lease expired (as if the worker had stalled for a day) and
+    another worker starts the run, as in production.
+    """
+
+    def __init__(self, app_db: AppDatabase, run_id: str, take_over: bool = False) -> None:
+        self.app_db, self.run_id, self.take_over = app_db, run_id, take_over
+        self._observer = sa.create_engine(app_db.engine.url)
+        self._busy = False
+        # (recipients sent, lease_expires_at) each time the lease changed, starting queued.
+        self.leases: list[tuple[int, datetime | None]] = [(0, None)]
+        self.taken_over = False
+
+    def __enter__(self) -> "LeaseWatch":
+        sa.event.listen(self.app_db.engine, "engine_connect", self._before_transaction)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        sa.event.remove(self.app_db.engine, "engine_connect", self._before_transaction)
+        self.look()
+        self._observer.dispose()
+
+    def look(self) -> None:
+        with self._observer.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            row = connection.execute(
+                sa.text(
+                    "select lease_expires_at, (select count(*) from workflow_sends"
+                    " where run_id = :id and status = 'sent') as sent"
+                    " from workflow_runs where id = :id"
+                ),
+                {"id": self.run_id},
+            ).one()
+        lease = parse_time(row.lease_expires_at)
+        if lease != self.leases[-1][1]:
+            self.leases.append((int(row.sent), lease))
+
+    def _before_transaction(self, _connection: sa.Connection) -> None:
+        if self._busy:  # the takeover's own transactions
+            return
+        self.look()
+        heartbeats = len(self.leases) - 2  # beyond queued and start_run's lease
+        if self.take_over and heartbeats == 1 and not self.taken_over:
+            self._busy = True
+            try:
+                stalled = NOW + timedelta(days=1)
+                assert reap_expired_leases(self.app_db, stalled).requeued == [self.run_id]
+                assert isinstance(
+                    start_run(self.app_db, self.run_id, "worker-b", stalled), StartedRun
+                )
+            finally:
+                self._busy = False
+            self.taken_over = True
+
+
+def stepping_clock(start: datetime) -> Callable[[], datetime]:
+    """A worker clock that moves one second a call: every heartbeat sets a later expiry."""
+    ticks = itertools.count()
+    return lambda: start + timedelta(seconds=next(ticks))
+
+
+def seed_many_leads(app_db: AppDatabase, tmp_path: Path, count: int) -> Warehouse:
+    """p1 with `count` leads of the last day, lead001 oldest (the send order)."""
+    insert_rows(app_db, "projects", [project("p1")])
+    events = [
+        staged(
+            i,
+            "p1",
+            "lead_created",
+            NOW - timedelta(days=1) + timedelta(minutes=i),
+            f"lead{i:03d}@x.com",
+        )
+        for i in range(1, count + 1)
+    ]
+    return build_warehouse(tmp_path / "warehouse.duckdb", events=events)
+
+
+# Two heartbeats (before recipients 51 and 101) and a last batch of one.
+MANY = 2 * HEARTBEAT_EVERY + 1
+
+
+def test_the_send_loop_extends_the_lease_every_50_recipients(
+    app_db: AppDatabase, tmp_path: Path
+) -> None:
+    warehouse = seed_many_leads(app_db, tmp_path, MANY)
+    queue_run(app_db, "many", "p1", "send_promo")
+    with LeaseWatch(app_db, "many") as watch:
+        report = execute_run(
+            app_db,
+            warehouse,
+            outbox(tmp_path),
+            settings_for(app_db, tmp_path),
+            "many",
+            NOW,
+            clock=stepping_clock(NOW),
+        )
+    assert (report.status, report.sent_now) == ("succeeded", MANY)
+    sent_at_change = [sent for sent, _ in watch.leases]
+    # queued, started, a heartbeat after 50 and after 100 sent, released when finished.
+    assert sent_at_change == [0, 0, HEARTBEAT_EVERY, 2 * HEARTBEAT_EVERY, MANY]
+    started, first, second = (lease for _, lease in watch.leases[1:4])
+    assert started == NOW + LEASE_DURATION
+    assert first is not None and second is not None and started < first < second
+    assert watch.leases[-1][1] is None
+    assert sum(outbox_recipients(tmp_path / "outbox").values()) == MANY
+
+
+def test_a_lease_lost_mid_loop_stops_the_run_at_the_next_heartbeat(
+    app_db: AppDatabase, tmp_path: Path
+) -> None:
+    warehouse = seed_many_leads(app_db, tmp_path, MANY)
+    queue_run(app_db, "many", "p1", "send_promo")
+    with LeaseWatch(app_db, "many", take_over=True) as watch:
+        report = execute_run(
+            app_db,
+            warehouse,
+            outbox(tmp_path),
+            settings_for(app_db, tmp_path),
+            "many",
+            NOW,
+            owner="worker-a",
+            clock=stepping_clock(NOW),
+        )
+    assert watch.taken_over
+    # The worker learns of the takeover at its next heartbeat, before recipient 101: it mailed
+    # the first 100 once each, claimed nobody after them, and stops without finishing the run
+    # (the new holder owns it now).
+    expected = [f"lead{i:03d}@x.com" for i in range(1, 2 * HEARTBEAT_EVERY + 1)]
+    assert sends_of(app_db, "many") == dict.fromkeys(expected, ("sent", None))
+    assert outbox_recipients(tmp_path / "outbox") == Counter(expected)
+    assert report.sent_now == 2 * HEARTBEAT_EVERY
+    assert report.status is None
+    assert report.note == "run many: lease of worker-a expired and was taken over"
+    row = run_row(app_db, "many")
+    assert (row.status, row.lease_owner, row.attempts, row.result) == (
+        "running",
+        "worker-b",
+        2,
+        None,
+    )
 
 
 def test_reaper_requeues_then_fails_after_three_attempts(app_db: AppDatabase) -> None:

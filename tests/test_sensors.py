@@ -1,18 +1,28 @@
-"""Send sensors, schedules and jobs (issue 5 items 1 and 6): run keys that make repeats harmless,
+"""Sensors, schedules and jobs (issue 5 items 1 and 6): run keys that make repeats harmless,
 skip reasons that say why, a 24-hour window that never mails a backlog, set-based ticks that
-never open the warehouse for writing, and `run_send_sensors_once` for the CLI."""
+never open the warehouse for writing, the ingest sensor's re-read of a late window, and
+`run_send_sensors_once` for the CLI."""
 
 import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 import pytest
 import sqlalchemy as sa
 
+import runhub_pipeline.ingest_sensor
 from runhub_pipeline.checks.status import blocking_checks_gate
+from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
+from runhub_pipeline.ingest_sensor import INGEST_SENSOR, build_ingest_sensor
+from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse, writer_path
 from runhub_pipeline.schedules import build_send_schedules
@@ -24,13 +34,22 @@ from runhub_pipeline.sends.jobs import (
 )
 from runhub_pipeline.sends.runs import execute_run
 from runhub_pipeline.sensors import (
+    MAX_LAUNCHES_PER_TICK,
     auto_run_id,
     build_send_sensors,
     enqueue_recovery_runs,
     launchable_runs,
     run_send_sensors_once,
 )
-from tests.factories import insert_rows, project, stored
+from runhub_pipeline.settings import WINDOW, Settings
+from tests.factories import (
+    analytics_event,
+    business_event,
+    ingest_and_stage,
+    insert_rows,
+    project,
+    stored,
+)
 from tests.test_sends_runs import (  # noqa: F401 - release_connections: autouse fixture
     NOW,
     WATERMARK,
@@ -369,9 +388,60 @@ def test_run_send_sensors_once_reports_sends_by_action_and_locale(
     assert again == {}
 
 
-def test_ticks_are_set_based_and_read_only(app_db: AppDatabase, tmp_path: Path) -> None:
-    """The number of app-database statements of a tick does not grow with the projects, and
-    the tick touches neither the published snapshot nor the writer file."""
+# Holds every given DuckDB file open read-only until its stdin closes.
+HOLDER = textwrap.dedent(
+    """
+    import sys, duckdb
+    connections = [duckdb.connect(path, read_only=True) for path in sys.argv[1:]]
+    print("holding", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+@contextmanager
+def no_warehouse_writes(*warehouses: Warehouse) -> Iterator[None]:
+    """Another process holds each published snapshot and writer file open read-only (as an
+    analyst holds the snapshot), so DuckDB refuses any read-write open of them,
+    `Warehouse.writer()` included, while read-only opens go on working."""
+    paths = [
+        str(path) for w in warehouses for path in (w.published_path, writer_path(w.published_path))
+    ]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, *paths],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        for warehouse in warehouses:  # the trap is armed: no writer can open now
+            with pytest.raises(duckdb.IOException, match="Could not set lock"), warehouse.writer():
+                pass
+        yield
+    finally:
+        _, errors = holder.communicate(input="", timeout=30)
+    assert holder.returncode == 0, errors
+
+
+def test_ticks_are_set_based_and_read_only(
+    app_db: AppDatabase, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """The number of app-database statements of a tick does not grow with the projects, and no
+    sensor tick opens the warehouse for writing (it would fail under `no_warehouse_writes`)."""
+    settings = settings_for(app_db, tmp_path)
+    sizes = (3, 300)
+    warehouses = {
+        projects: build_warehouse(
+            tmp_path / f"projects-{projects}" / "warehouse.duckdb",
+            checkouts=[
+                checkout(i, f"q{i:05d}", "a@x.com", NOW - timedelta(hours=2))
+                for i in range(projects)
+            ],
+        )
+        for projects in sizes
+    }
 
     def statements_of_a_tick(projects: int) -> int:
         app_db.execute("delete from projects")
@@ -381,15 +451,7 @@ def test_ticks_are_set_based_and_read_only(app_db: AppDatabase, tmp_path: Path) 
             "projects",
             [project(f"q{i:05d}", auto_recover_abandoned=True) for i in range(projects)],
         )
-        warehouse = build_warehouse(
-            tmp_path / "warehouse.duckdb",
-            checkouts=[
-                checkout(i, f"q{i:05d}", "a@x.com", NOW - timedelta(hours=2))
-                for i in range(projects)
-            ],
-        )
-        published = Path(warehouse.path)
-        before = (published.stat().st_mtime_ns, writer_path(published).stat().st_mtime_ns)
+        warehouse = warehouses[projects]
         count = 0
 
         def counter(*_: Any) -> None:
@@ -403,10 +465,110 @@ def test_ticks_are_set_based_and_read_only(app_db: AppDatabase, tmp_path: Path) 
         finally:
             sa.event.remove(app_db.engine, "before_cursor_execute", counter)
         assert len(created) == projects
-        assert (published.stat().st_mtime_ns, writer_path(published).stat().st_mtime_ns) == before
+        # The sensors themselves, one tick each (the runs above are queued by now).
+        resources = {"app_db": app_db, "warehouse": warehouse}
+        send_sensors = sensors_at(NOW + timedelta(minutes=1))
+        launched = evaluate(send_sensors["workflow_runs_sensor"], instance, **resources)
+        assert isinstance(launched, dg.SensorResult)
+        assert len(launched.run_requests or []) == min(projects, MAX_LAUNCHES_PER_TICK)
+        cooling = evaluate(send_sensors["abandoned_checkout_sensor"], instance, **resources)
+        assert isinstance(cooling, dg.SkipReason)
+        evaluate(build_ingest_sensor(settings, WINDOW_JOB), instance, **resources)
         return count
 
-    assert statements_of_a_tick(3) == statements_of_a_tick(300)
+    with no_warehouse_writes(*warehouses.values()):
+        assert statements_of_a_tick(sizes[0]) == statements_of_a_tick(sizes[1])
+
+
+def windows_of(request: dg.RunRequest) -> tuple[str, str]:
+    """The first and last window a run request of the window job covers: its partition key, or
+    the range its tags give."""
+    if request.partition_key is not None:
+        assert RANGE_START_TAG not in request.tags and RANGE_END_TAG not in request.tags
+        return request.partition_key, request.partition_key
+    return request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]
+
+
+def test_the_ingest_sensor_rereads_exactly_the_window_of_a_late_commit(
+    app_db: AppDatabase,
+    tmp_path: Path,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deployed `ingest_sensor` over windows ingested up to T = 11:30: idle until a row
+    commits late into the 11:00 window, then one run of exactly that partition, keyed by the
+    window's source count (a repeated tick asks for the same run, a further late row for a new
+    one); the window after T is requested alone once it closed plus the ingest lag."""
+    first = NOW - timedelta(hours=1)
+    watermark = first + 2 * WINDOW
+    settings = Settings.from_env(
+        {
+            "RUNHUB_HOME": str(tmp_path / "home"),
+            "RUNHUB_APP_DB_URL": app_db.url,
+            "RUNHUB_PARTITIONS_START": first.isoformat(),
+        }
+    )
+    insert_rows(app_db, "projects", [project("p1")])
+    insert_rows(
+        app_db,
+        "business_events",
+        [
+            business_event(1, "p1", "lead_created", first, first + timedelta(minutes=1)),
+            business_event(2, "p1", "lead_created", watermark - WINDOW, watermark - WINDOW),
+        ],
+    )
+    warehouse = Warehouse(path=str(settings.warehouse_path))
+    ingest_and_stage(app_db, warehouse, first, watermark)
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def(INGEST_SENSOR)
+    # The sensor reads the wall clock itself (build_ingest_sensor takes no clock): fix it here.
+    # Until T + 15 min + the lag, the window after T has not closed long enough to be due.
+    now = watermark + WINDOW + settings.ingest_lag - timedelta(seconds=1)
+    monkeypatch.setattr(runhub_pipeline.ingest_sensor, "utc_now", lambda: now)
+
+    def tick() -> dg.SensorResult | dg.SkipReason:
+        return evaluate(sensor, instance, app_db=app_db, warehouse=warehouse)
+
+    def only_request() -> dg.RunRequest:
+        result = tick()
+        assert isinstance(result, dg.SensorResult), result
+        [request] = result.run_requests or []
+        return request
+
+    idle = tick()
+    assert isinstance(idle, dg.SkipReason)
+    assert idle.skip_message == "no window has closed since the last ingest and no late commits"
+
+    # A transaction that began at 11:03 commits its row after the window was ingested.
+    late_row = business_event(3, "p1", "lead_created", first, first + timedelta(minutes=3))
+    insert_rows(app_db, "business_events", [late_row])
+    late = only_request()
+    key = "2026-03-30-11:00"
+    assert (windows_of(late), late.run_key) == ((key, key), f"late:{key}:2")
+    assert late.job_name in (None, WINDOW_JOB)
+    partitions = definitions.resolve_job_def(WINDOW_JOB).partitions_def
+    assert partitions is not None and key in partitions.get_partition_keys(current_time=now)
+    # Ticks before that run happens ask for the same run: Dagster skips a run_key it has seen.
+    assert only_request().run_key == late.run_key
+
+    # Re-read, the window is current again; another late row (analytics) is a new run.
+    ingest_and_stage(app_db, warehouse, first, first + WINDOW)
+    assert isinstance(tick(), dg.SkipReason)
+    insert_rows(
+        app_db,
+        "inhouse_analytics_events",
+        [analytics_event(4, "p1", "page_view", "s1", first, first + timedelta(minutes=14))],
+    )
+    again = only_request()
+    assert (windows_of(again), again.run_key) == ((key, key), f"late:{key}:3")
+    ingest_and_stage(app_db, warehouse, first, first + WINDOW)
+
+    # The window after T is due once it closed plus the ingest lag: a run of it alone.
+    now = watermark + WINDOW + settings.ingest_lag
+    due = only_request()
+    next_key = "2026-03-30-11:30"
+    assert (windows_of(due), due.run_key) == ((next_key, next_key), f"ingest:{next_key}:{next_key}")
+    assert only_request().run_key == due.run_key
 
 
 def test_a_failed_blocking_check_holds_the_sends_back(

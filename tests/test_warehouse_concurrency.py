@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -85,25 +87,48 @@ def simulated(sqlite_app_db: AppDatabase) -> Iterator[AppDatabase]:
     yield sqlite_app_db
 
 
+# An analyst: queries the published snapshot in a loop until SIGTERM or the stop file, then
+# prints one JSON line: queries that succeeded, every error (of any kind), and the watermarks
+# it saw. Each snapshot must be whole: a ledger row that does not balance is an error too.
 ANALYST = textwrap.dedent(
     """
-    import sys, time, duckdb
-    path, deadline = sys.argv[1], time.time() + float(sys.argv[2])
-    ok = failures = 0
-    while time.time() < deadline:
+    import json, os, signal, sys, time
+    import duckdb
+
+    path, stop_file = sys.argv[1], sys.argv[2]
+    stopping = False
+
+    def stop(*_):
+        global stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    attempts, ok, errors, watermarks = 0, 0, [], set()
+    while True:
+        last = stopping or os.path.exists(stop_file)  # one more query after the request
+        attempts += 1
         try:
             con = duckdb.connect(path, read_only=True)
-            con.execute("select count(*) from ingest_ledger").fetchall()
-            con.close()
+            try:
+                watermark, unbalanced = con.execute(
+                    "select max(window_start) + interval 15 minutes,"
+                    " count(*) filter (where source_rows <> staged + duplicates + quarantined)"
+                    " from ingest_ledger"
+                ).fetchone()
+            finally:
+                con.close()
             ok += 1
-        except duckdb.IOException as error:
-            if "does not exist" in str(error) or "No such file" in str(error):
-                time.sleep(0.05)
-                continue
-            failures += 1
-            print("FAILED", error, flush=True)
+            watermarks.add(watermark.isoformat())
+            if unbalanced:
+                errors.append(f"{unbalanced} ledger rows do not balance")
+        except Exception as error:
+            errors.append(f"{type(error).__name__}: {error}")
+        if attempts == 1:
+            print("ready", flush=True)
+        if last:
+            break
         time.sleep(0.02)
-    print("queries", ok, "failures", failures, flush=True)
+    print(json.dumps({"queries": ok, "errors": errors, "watermarks": sorted(watermarks)}))
     """
 )
 
@@ -114,21 +139,37 @@ def test_analyst_reads_while_a_backfill_writes(simulated: AppDatabase, tmp_path:
     first = backfill(simulated, home, START, START + WINDOW)
     assert first.wait(timeout=300) == 0, first.stdout.read() if first.stdout else ""
 
-    run = backfill(simulated, home, START + WINDOW, END)
     analyst = subprocess.Popen(
-        [sys.executable, "-c", ANALYST, str(published), "600"],
+        [sys.executable, "-c", ANALYST, str(published), str(tmp_path / "stop")],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    overlapped = 0
-    while run.poll() is None:
-        overlapped += writer_is_busy(published)
-        time.sleep(0.05)
-    analyst.send_signal(signal.SIGTERM)
+    try:
+        assert analyst.stdout is not None
+        # It has queried once: its reads begin before the run's writes.
+        ready = analyst.stdout.readline()
+        assert ready == "ready\n", ready + analyst.communicate(timeout=30)[1]
+        run = backfill(simulated, home, START + WINDOW, END)
+        overlapped = 0
+        while run.poll() is None:
+            overlapped += writer_is_busy(published)
+            time.sleep(0.05)
+        analyst.send_signal(signal.SIGTERM)
+        out, err = analyst.communicate(timeout=60)
+    finally:
+        if analyst.poll() is None:
+            analyst.kill()
+            analyst.wait()
     assert run.returncode == 0, run.stdout.read() if run.stdout else ""
-    analyst_out = analyst.communicate(timeout=30)[0]
     assert overlapped > 0, "the run never held the writer: the test proved nothing"
-    assert "FAILED" not in analyst_out
+    assert analyst.returncode == 0, err
+    report = json.loads(out.splitlines()[-1])
+    assert report["errors"] == []
+    assert report["queries"] > 0
+    # It read the snapshot from before the run's writes and the one after them.
+    seen = [datetime.fromisoformat(text) for text in report["watermarks"]]
+    assert (min(seen), max(seen)) == (START + WINDOW, END)
 
 
 def test_analyst_reads_while_writer_holds_the_lock(simulated: AppDatabase, tmp_path: Path) -> None:
@@ -172,30 +213,94 @@ def test_runs_of_different_windows_at_once_both_succeed(
     )
 
 
+# Ledger source_table: (raw copy, staged table) of each event source.
+EVENT_TABLES = {
+    "business_events": ("raw_business_events", "stg_business_events"),
+    "inhouse_analytics_events": ("raw_analytics_events", "stg_analytics_events"),
+}
+
+
 def assert_no_partial_window(warehouse: Warehouse) -> None:
-    """Every staged row belongs to a window whose ledger accounts for it, and vice versa."""
-    if not Path(warehouse.path).exists():
-        return
+    """For both event sources, every window of the ledger accounts for its rows and no rows lie
+    outside it: raw rows read = ledger source_rows = staged + duplicates + quarantined, and the
+    staged and quarantined rows of each window are the ledger's counts."""
+    counted: dict[str, dict[tuple[str, datetime], int]] = {}
     with warehouse.reader() as con:
-        tables = {
-            r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()
+        ledger = {
+            (table, start): (source_rows, staged, duplicates, quarantined)
+            for table, start, source_rows, staged, duplicates, quarantined in con.execute(
+                "select source_table, window_start, source_rows, staged, duplicates, quarantined"
+                " from ingest_ledger"
+            ).fetchall()
         }
-        if "ingest_ledger" not in tables:
+        for kind, position in (("raw", 0), ("staged", 1)):
+            counted[kind] = {}
+            for source, tables in EVENT_TABLES.items():
+                rows = con.execute(
+                    f"select ingest_window_start, count(*) from {tables[position]}"
+                    " group by ingest_window_start"
+                ).fetchall()
+                counted[kind].update({(source, start): n for start, n in rows})
+        counted["quarantined"] = {
+            (source, start): n
+            for source, start, n in con.execute(
+                "select source_table, ingest_window_start, count(*) from quarantined_events"
+                " group by source_table, ingest_window_start"
+            ).fetchall()
+        }
+    assert {source for source, _ in ledger} == set(EVENT_TABLES), "nothing to check"
+    wrong: list[tuple[object, ...]] = []
+    for key in sorted(set(ledger).union(*counted.values())):
+        source_rows, staged, duplicates, quarantined = ledger.get(key, (0, 0, 0, 0))
+        found = tuple(counted[kind].get(key, 0) for kind in ("raw", "staged", "quarantined"))
+        if key not in ledger and any(found):
+            wrong.append((key, "rows of a window the ledger does not list", found))
+        elif source_rows != staged + duplicates + quarantined:
+            wrong.append((key, "unbalanced", ledger[key]))
+        elif (source_rows, staged, quarantined) != found:
+            wrong.append((key, ledger[key], found))
+    assert wrong == []
+
+
+def wait_until_stopped(pid: int) -> None:
+    """Wait until every thread of `pid` has stopped (SIGSTOP is delivered asynchronously)."""
+    deadline = time.monotonic() + 10
+    while True:
+        states = []
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            with contextlib.suppress(OSError):  # a thread that just exited
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(state in "tTZX" for state in states):
             return
-        unbalanced = con.execute(
-            "select count(*) from ingest_ledger"
-            " where source_rows <> staged + duplicates + quarantined"
-        ).fetchone()
-        mismatch = con.execute(
-            "select count(*) from ("
-            " select window_start, staged from ingest_ledger where source_table = 'business_events'"
-            " ) as l full join ("
-            " select ingest_window_start as window_start, count(*) as n from stg_business_events"
-            " group by ingest_window_start) as s using (window_start)"
-            " where coalesce(l.staged, 0) <> coalesce(s.n, 0)"
-        ).fetchone()
-    assert unbalanced == (0,)
-    assert mismatch == (0,)
+        assert time.monotonic() < deadline, f"process {pid} did not stop: {states}"
+        time.sleep(0.001)
+
+
+def kill_mid_write(run: subprocess.Popen[str], published: Path, delay: float) -> None:
+    """SIGKILL `run` while it holds the warehouse writer, provably: `delay` seconds into its
+    first write, freeze it (SIGSTOP) and kill it only if it still holds the writer lock, that
+    is, a write has begun and can no longer finish; else let it go on to its next write."""
+    deadline = time.monotonic() + 300
+    while not writer_is_busy(published):
+        assert run.poll() is None, "the run ended before it wrote"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(delay)
+    while True:
+        assert run.poll() is None, "the run ended before it could be killed mid-write"
+        assert time.monotonic() < deadline, "never caught the run holding the writer"
+        if writer_is_busy(published):
+            run.send_signal(signal.SIGSTOP)
+            wait_until_stopped(run.pid)
+            if writer_is_busy(published):
+                break
+            run.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait(timeout=30) == -signal.SIGKILL
+    output = run.stdout.read() if run.stdout else ""
+    # The run had started (its first line) and not finished (no "backfill run … succeeded").
+    assert "backfilling " in output and "succeeded" not in output, output
 
 
 @pytest.mark.parametrize(
@@ -217,27 +322,23 @@ def test_kill_minus_nine_mid_write_then_rerun(
     # A first, complete window so the killed run has a previous state to leave intact.
     assert backfill(simulated, home, START, START + WINDOW).wait(timeout=300) == 0
     run = backfill(simulated, home, START, END)
-    deadline = time.monotonic() + 120
-    while not writer_is_busy(published):
-        assert run.poll() is None, "the run ended before it wrote"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    time.sleep(delay)
-    run.send_signal(signal.SIGKILL)
-    run.wait(timeout=30)
+    kill_mid_write(run, published, delay)
+    assert not writer_is_busy(published)  # the kernel released the dead run's lock
     assert_no_partial_window(Warehouse(path=str(published)))
 
     assert backfill(simulated, home, START, END).wait(timeout=600) == 0
     scratch = tmp_path / "scratch"
     assert backfill(simulated, scratch, START, END).wait(timeout=600) == 0
-    assert snapshot(Warehouse(path=str(published))) == snapshot(
-        Warehouse(path=str(scratch / "warehouse.duckdb"))
-    )
+    clean = Warehouse(path=str(scratch / "warehouse.duckdb"))
+    assert_no_partial_window(clean)
+    assert snapshot(Warehouse(path=str(published))) == snapshot(clean)
 
 
 def test_the_memory_limit_setting_reaches_every_warehouse_connection(tmp_path: Path) -> None:
     settings = Settings.from_env({"RUNHUB_HOME": str(tmp_path), "RUNHUB_WAREHOUSE_MEMORY": "300MB"})
-    warehouse = build_definitions(settings).resources["warehouse"]
+    resources = build_definitions(settings).resources
+    assert resources is not None
+    warehouse = resources["warehouse"]
     assert isinstance(warehouse, Warehouse)
     with warehouse.writer() as connection:
         writer_limit = connection.execute("select current_setting('memory_limit')").fetchone()
