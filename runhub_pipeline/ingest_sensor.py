@@ -66,7 +66,8 @@ def build_ingest_sensor(settings: Settings, job_name: str) -> dg.SensorDefinitio
     def ingest_sensor(
         context: dg.SensorEvaluationContext, app_db: AppDatabase, warehouse: Warehouse
     ) -> dg.SensorResult | dg.SkipReason:
-        plan = plan_ingest(app_db, warehouse, settings, utc_now())
+        now = utc_now()
+        plan = plan_ingest(app_db, warehouse, settings, now)
         requests = []
         if plan.due_first is not None and plan.due_last is not None:
             first, last = partition_key(plan.due_first), partition_key(plan.due_last)
@@ -78,10 +79,12 @@ def build_ingest_sensor(settings: Settings, job_name: str) -> dg.SensorDefinitio
             )
         for window in plan.late:
             key = partition_key(window)
+            # Dagster launches a run_key once. Window and source count make repeats harmless;
+            # the hour makes a re-read whose run failed come back (at most hourly) instead of
+            # never, while the window still differs from the source.
+            count = plan.late_source_rows[window]
             requests.append(
-                dg.RunRequest(
-                    run_key=f"late:{key}:{plan.late_source_rows[window]}", partition_key=key
-                )
+                dg.RunRequest(run_key=f"late:{key}:{count}:{now:%Y-%m-%dT%H}", partition_key=key)
             )
         if not requests:
             return dg.SkipReason("no window has closed since the last ingest and no late commits")

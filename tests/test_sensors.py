@@ -544,12 +544,22 @@ def test_the_ingest_sensor_rereads_exactly_the_window_of_a_late_commit(
     insert_rows(app_db, "business_events", [late_row])
     late = only_request()
     key = "2026-03-30-11:00"
-    assert (windows_of(late), late.run_key) == ((key, key), f"late:{key}:2")
+    assert (windows_of(late), late.run_key) == ((key, key), f"late:{key}:2:2026-03-30T11")
     assert late.job_name in (None, WINDOW_JOB)
     partitions = definitions.resolve_job_def(WINDOW_JOB).partitions_def
     assert partitions is not None and key in partitions.get_partition_keys(current_time=now)
     # Ticks before that run happens ask for the same run: Dagster skips a run_key it has seen.
     assert only_request().run_key == late.run_key
+    # If that run failed, the window still differs an hour later: a new run_key retries it.
+    later = now
+    monkeypatch.setattr(
+        runhub_pipeline.ingest_sensor, "utc_now", lambda: later + timedelta(hours=1)
+    )
+    retried = tick()
+    assert isinstance(retried, dg.SensorResult), retried
+    late_keys = [r.run_key for r in retried.run_requests or [] if r.partition_key == key]
+    assert late_keys == [f"late:{key}:2:2026-03-30T12"]
+    monkeypatch.setattr(runhub_pipeline.ingest_sensor, "utc_now", lambda: now)
 
     # Re-read, the window is current again; another late row (analytics) is a new run.
     ingest_and_stage(app_db, warehouse, first, first + WINDOW)
@@ -560,7 +570,7 @@ def test_the_ingest_sensor_rereads_exactly_the_window_of_a_late_commit(
         [analytics_event(4, "p1", "page_view", "s1", first, first + timedelta(minutes=14))],
     )
     again = only_request()
-    assert (windows_of(again), again.run_key) == ((key, key), f"late:{key}:3")
+    assert (windows_of(again), again.run_key) == ((key, key), f"late:{key}:3:2026-03-30T11")
     ingest_and_stage(app_db, warehouse, first, first + WINDOW)
 
     # The window after T is due once it closed plus the ingest lag: a run of it alone.
