@@ -22,7 +22,12 @@ from runhub_pipeline.orchestration import (
     dagster_instance,
     execute_window_range,
 )
-from runhub_pipeline.resources.app_db import AppDatabase, AppDbError, describe_db_error
+from runhub_pipeline.resources.app_db import (
+    AppDatabase,
+    AppDbError,
+    describe_db,
+    describe_db_error,
+)
 from runhub_pipeline.resources.warehouse import WarehouseNotBuiltError, utc_now
 from runhub_pipeline.settings import (
     WINDOW,
@@ -151,7 +156,7 @@ def require_current_schema(app_db: AppDatabase) -> None:
             if not missing:
                 return
             problem = f"schema is not current ({', '.join(missing)} not applied)"
-    raise CliError(f"{describe_db_error(app_db.url, CliError(problem))}: run `runhub init`")
+    raise CliError(f"{describe_db(app_db.url)}: {problem}: run `runhub init`")
 
 
 def command_init(settings: Settings) -> None:

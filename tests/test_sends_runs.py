@@ -724,21 +724,33 @@ def seed_many_leads(app_db: AppDatabase, tmp_path: Path, count: int) -> Warehous
 MANY = 2 * HEARTBEAT_EVERY + 1
 
 
+def queue_many(app_db: AppDatabase, tmp_path: Path) -> Warehouse:
+    """A promo run `many` queued for MANY leads; the warehouse holding them."""
+    warehouse = seed_many_leads(app_db, tmp_path, MANY)
+    queue_run(app_db, "many", "p1", "send_promo")
+    return warehouse
+
+
+def run_many(app_db: AppDatabase, tmp_path: Path, warehouse: Warehouse, **owner: str) -> Any:
+    """Execute the run `many` with a clock that advances a second per call."""
+    return execute_run(
+        app_db,
+        warehouse,
+        outbox(tmp_path),
+        settings_for(app_db, tmp_path),
+        "many",
+        NOW,
+        clock=stepping_clock(NOW),
+        **owner,
+    )
+
+
 def test_the_send_loop_extends_the_lease_every_50_recipients(
     app_db: AppDatabase, tmp_path: Path
 ) -> None:
-    warehouse = seed_many_leads(app_db, tmp_path, MANY)
-    queue_run(app_db, "many", "p1", "send_promo")
+    warehouse = queue_many(app_db, tmp_path)
     with LeaseWatch(app_db, "many") as watch:
-        report = execute_run(
-            app_db,
-            warehouse,
-            outbox(tmp_path),
-            settings_for(app_db, tmp_path),
-            "many",
-            NOW,
-            clock=stepping_clock(NOW),
-        )
+        report = run_many(app_db, tmp_path, warehouse)
     assert (report.status, report.sent_now) == ("succeeded", MANY)
     sent_at_change = [sent for sent, _ in watch.leases]
     # queued, started, a heartbeat after 50 and after 100 sent, released when finished.
@@ -753,19 +765,9 @@ def test_the_send_loop_extends_the_lease_every_50_recipients(
 def test_a_lease_lost_mid_loop_stops_the_run_at_the_next_heartbeat(
     app_db: AppDatabase, tmp_path: Path
 ) -> None:
-    warehouse = seed_many_leads(app_db, tmp_path, MANY)
-    queue_run(app_db, "many", "p1", "send_promo")
+    warehouse = queue_many(app_db, tmp_path)
     with LeaseWatch(app_db, "many", take_over=True) as watch:
-        report = execute_run(
-            app_db,
-            warehouse,
-            outbox(tmp_path),
-            settings_for(app_db, tmp_path),
-            "many",
-            NOW,
-            owner="worker-a",
-            clock=stepping_clock(NOW),
-        )
+        report = run_many(app_db, tmp_path, warehouse, owner="worker-a")
     assert watch.taken_over
     # The worker learns of the takeover at its next heartbeat, before recipient 101: it mailed
     # the first 100 once each, claimed nobody after them, and stops without finishing the run

@@ -152,9 +152,9 @@ def validate_rows(
     """Validate `frame` against `suites/<suite_name>.json`; keep the result as JSON."""
     frame = frame.reset_index(drop=True)
     batch = _batch_definition(suite_name).get_batch(batch_parameters={"dataframe": frame})
-    # Pass or fail first: building SUMMARY results (counts, samples) doubles the time of a
-    # validation (~0.2 s more per suite on a 15-minute window), and a passing run has nothing to
-    # show beyond "met". Only a failing suite is validated again for its counts and samples.
+    # Pass or fail first: SUMMARY results (counts, samples) cost GX extra metrics and result
+    # building on every validation, and a passing run has nothing to show beyond "met". Only a
+    # failing suite is validated again for its counts and samples.
     result = batch.validate(_suite(suite_name), result_format="BOOLEAN_ONLY")
     if not result.success:
         result = batch.validate(

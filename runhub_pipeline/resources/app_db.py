@@ -238,9 +238,14 @@ class SourceReader:
             raise AppDbError(f"cannot read the app database at {path}: {error}") from error
 
 
-def describe_db_error(url: str, error: BaseException) -> str:
-    """A one-line description of a connection failure that never prints a password."""
+def describe_db(url: str) -> str:
+    """`app database <file or host:port>`, for messages: never the password."""
     parts = urlsplit(url)
     where = parts.path if dialect_of(url) == "sqlite" else f"{parts.hostname}:{parts.port or 5432}"
+    return f"app database {where}"
+
+
+def describe_db_error(url: str, error: BaseException) -> str:
+    """A one-line description of a connection failure that never prints a password."""
     first_line = str(getattr(error, "orig", error)).strip().splitlines()[0:1]
-    return f"app database {where}: {first_line[0] if first_line else type(error).__name__}"
+    return f"{describe_db(url)}: {first_line[0] if first_line else type(error).__name__}"
