@@ -1,26 +1,38 @@
 """The daily digest (issue 5 item 4, CONTRACT §7): due projects, the reported local day, KPIs
 against the day before and the same weekday a week earlier, alerts, open abandoned checkouts,
 one inhouse_emails row per digest, the next local digest hour (DST gaps), missed days skipped,
-broken time zones at their UTC hour, and no project ever seeing another's numbers."""
+broken time zones at their UTC hour, delivery retries on the same row and day, owner addresses
+that cannot be mailed, and no project ever seeing another's numbers."""
 
+import email
+import email.policy
 import zoneinfo
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
+from aiosmtpd.controller import Controller
 
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.email import SmtpTransport
 from runhub_pipeline.resources.warehouse import Warehouse
+from runhub_pipeline.schedules import build_send_schedules
 from runhub_pipeline.sends.digest import (
     digest_data,
+    due_count,
     due_projects,
+    end_interrupted_digests,
     first_existing,
     next_digest_at,
     send_due_digests,
 )
+from runhub_pipeline.sends.jobs import build_send_jobs
+from runhub_pipeline.sends.message import address_domain, make_message_id
+from runhub_pipeline.sends.policy import DIGEST_MAX_ATTEMPTS, DIGEST_RETRY_DELAY
 from runhub_pipeline.sends.stored import parse_time
 from tests.factories import insert_rows, project, stored, utc
 from tests.test_sends_runs import (  # noqa: F401 - release_connections: autouse fixture
@@ -193,7 +205,7 @@ def test_broken_time_zone_gets_its_digest_at_its_utc_hour(
     [
         {"digest_enabled": False},
         {"owner_email": None},
-        {"owner_email": "not an address"},
+        {"owner_email": "  "},
         {"digest_next_at": NOW + timedelta(minutes=1)},
     ],
 )
@@ -208,17 +220,210 @@ def test_due_exactly_at_digest_next_at(app_db: AppDatabase) -> None:
     assert due.digest_hour == 8  # an impossible hour falls back to the default
 
 
-def test_an_unreachable_server_fails_the_digest_without_a_retry_storm(
-    app_db: AppDatabase, tmp_path: Path
+# --- delivery failures: retried on the same row, a bounded number of times ----------------------
+
+
+class _Inbox:
+    """An aiosmtpd handler keeping every message it accepts; `during_delivery` runs while a
+    message is being accepted (another worker acting mid-send)."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.during_delivery: Callable[[], None] | None = None
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        if self.during_delivery is not None:
+            self.during_delivery()
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_inbox() -> Iterator[tuple[SmtpTransport, _Inbox]]:
+    inbox = _Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    try:
+        yield SmtpTransport(url=f"smtp://127.0.0.1:{controller.port}"), inbox
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as persistent:
+        yield persistent
+
+
+def unreachable() -> SmtpTransport:
+    return SmtpTransport(url=f"smtp://127.0.0.1:{_free_port()}", timeout_seconds=2)
+
+
+def message_id(app_db: AppDatabase, tmp_path: Path, key: str) -> str:
+    return make_message_id(key, address_domain(settings_for(app_db, tmp_path).mail_from))
+
+
+def test_an_unreachable_server_fails_the_digest_and_the_next_tick_retries_it(
+    app_db: AppDatabase,
+    tmp_path: Path,
+    smtp_inbox: tuple[SmtpTransport, _Inbox],
+    instance: dg.DagsterInstance,
 ) -> None:
     warehouse = seed(app_db, tmp_path)
-    closed = SmtpTransport(url=f"smtp://127.0.0.1:{_free_port()}", timeout_seconds=2)
-    report = send_due_digests(app_db, warehouse, closed, settings_for(app_db, tmp_path), NOW)
-    assert report.failed == ["p1", "p2"] and not report.sent
-    for row in digest_rows(app_db):
-        assert row.status == "failed" and "connection refused" in row.error
-        assert row.error.startswith("delivery: ")
+    settings = settings_for(app_db, tmp_path)
+    report = send_due_digests(app_db, warehouse, unreachable(), settings, NOW)
+    assert report.failed == ["p1", "p2"] and report.retrying == ["p1", "p2"] and not report.sent
+    failed = digest_rows(app_db)
+    for row in failed:
+        assert row.status == "failed" and row.sent_at is None
+        assert (
+            row.error.startswith("delivery: smtp 127.0.0.1:") and "connection refused" in row.error
+        )
+        assert row.error.endswith(f"(attempt 1 of {DIGEST_MAX_ATTEMPTS})")
+    for project_id in ("p1", "p2"):
+        assert (
+            parse_time(project_row(app_db, project_id).digest_next_at) == NOW + DIGEST_RETRY_DELAY
+        )
+    # Not before the retry time: no retry storm.
+    assert due_count(app_db, NOW + timedelta(minutes=59)) == 0
+
+    # The server is back; the hourly schedule's next tick runs the digest job.
+    later = NOW + DIGEST_RETRY_DELAY
+    [schedule] = [s for s in build_send_schedules() if s.name == "daily_digest_schedule"]
+    request = schedule(
+        dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=later, resources={"app_db": app_db}
+        )
+    )
+    assert isinstance(request, dg.RunRequest) and request.tags["runhub/digests_due"] == "2"
+    working, inbox = smtp_inbox
+    [job] = [j for j in build_send_jobs(settings) if j.name == "daily_digest"]
+    resources = {"app_db": app_db, "warehouse": warehouse, "email": working}
+    assert job.execute_in_process(
+        run_config=request.run_config, instance=instance, resources=resources
+    ).success
+
+    rows = digest_rows(app_db)
+    assert [(r.id, r.idempotency_key) for r in rows] == [(r.id, r.idempotency_key) for r in failed]
+    assert [r.idempotency_key for r in rows] == ["digest:p1:2026-03-29", "digest:p2:2026-03-29"]
+    assert all(r.status == "sent" and r.error is None for r in rows)
+    assert all(parse_time(r.sent_at) is not None for r in rows)
+    assert sorted(str(m["Message-ID"]) for m in inbox.messages) == sorted(
+        message_id(app_db, tmp_path, r.idempotency_key) for r in rows
+    )
     assert parse_time(project_row(app_db, "p1").digest_next_at) == utc("2026-03-31 06:00")
+    assert parse_time(project_row(app_db, "p2").digest_next_at) == utc("2026-03-31 12:00")
+
+    # A sent row is never claimed again, even when the app resets the next digest time.
+    app_db.execute("update projects set digest_next_at = null")
+    again = send_due_digests(app_db, warehouse, working, settings, later + timedelta(minutes=5))
+    assert again.already_done == ["p1", "p2"] and not again.sent
+    assert len(inbox.messages) == 2 and len(digest_rows(app_db)) == 2
+
+
+def test_a_retry_after_local_midnight_reports_the_first_attempts_day(
+    app_db: AppDatabase, tmp_path: Path, smtp_inbox: tuple[SmtpTransport, _Inbox]
+) -> None:
+    # 23:00 in Berlin (CEST) on Monday 03-30 is 21:00 UTC; the retry at 22:00 UTC is already
+    # Tuesday there, whose yesterday would be 03-30.
+    insert_rows(app_db, "projects", [project("p1", timezone="Europe/Berlin", digest_hour=23)])
+    warehouse = build_warehouse(tmp_path / "warehouse.duckdb")
+    settings = settings_for(app_db, tmp_path)
+    first = utc("2026-03-30 21:00")
+    assert send_due_digests(app_db, warehouse, unreachable(), settings, first).retrying == ["p1"]
+    [failed] = digest_rows(app_db)
+    assert failed.idempotency_key == "digest:p1:2026-03-29"
+
+    working, inbox = smtp_inbox
+    retry = first + DIGEST_RETRY_DELAY
+    [due] = due_projects(app_db, retry)
+    assert due.reported_day == date(2026, 3, 29)
+    # Another worker's stale-`queued` sweep during the retry leaves the attempt in flight alone.
+    swept: list[int] = []
+    inbox.during_delivery = lambda: swept.append(
+        end_interrupted_digests(app_db, retry + timedelta(minutes=1))
+    )
+    report = send_due_digests(app_db, warehouse, working, settings, retry)
+    assert report.sent == {("daily_digest", "en"): 1} and swept == [0]
+    [row] = digest_rows(app_db)
+    assert (row.id, row.idempotency_key, row.status) == (failed.id, "digest:p1:2026-03-29", "sent")
+    [message] = inbox.messages
+    assert str(message["Message-ID"]) == message_id(app_db, tmp_path, "digest:p1:2026-03-29")
+    assert "March 29" in str(message["Subject"])
+    # Tuesday 23:00 in Berlin reports Monday 03-30, as usual.
+    assert parse_time(project_row(app_db, "p1").digest_next_at) == utc("2026-03-31 21:00")
+
+
+def test_retries_stop_after_the_last_attempt_and_the_next_day_goes_out(
+    app_db: AppDatabase, tmp_path: Path, smtp_inbox: tuple[SmtpTransport, _Inbox]
+) -> None:
+    insert_rows(app_db, "projects", [project("p1", timezone="Europe/Berlin")])
+    warehouse = build_warehouse(tmp_path / "warehouse.duckdb")
+    settings = settings_for(app_db, tmp_path)
+    ticks = [NOW + attempt * DIGEST_RETRY_DELAY for attempt in range(DIGEST_MAX_ATTEMPTS)]
+    for attempt, tick in enumerate(ticks, start=1):
+        report = send_due_digests(app_db, warehouse, unreachable(), settings, tick)
+        assert report.failed == ["p1"]
+        [row] = digest_rows(app_db)
+        assert row.status == "failed"
+        assert row.error.endswith(f"(attempt {attempt} of {DIGEST_MAX_ATTEMPTS})")
+        next_at = parse_time(project_row(app_db, "p1").digest_next_at)
+        if attempt < DIGEST_MAX_ATTEMPTS:
+            assert report.retrying == ["p1"] and next_at == tick + DIGEST_RETRY_DELAY
+    # After the last attempt: Berlin's next 08:00, which reports Monday 03-30.
+    assert not report.retrying and next_at == utc("2026-03-31 06:00")
+    working, inbox = smtp_inbox
+    after_the_last = ticks[-1] + DIGEST_RETRY_DELAY
+    assert due_count(app_db, after_the_last) == 0
+    # Even when the app resets the next digest time, a day out of attempts is not sent again.
+    app_db.execute("update projects set digest_next_at = null")
+    report = send_due_digests(app_db, warehouse, working, settings, after_the_last)
+    assert report.already_done == ["p1"] and not inbox.messages
+
+    report = send_due_digests(app_db, warehouse, working, settings, utc("2026-03-31 06:00"))
+    assert report.sent == {("daily_digest", "en"): 1}
+    rows = digest_rows(app_db)
+    assert [(r.idempotency_key, r.status) for r in rows] == [
+        ("digest:p1:2026-03-29", "failed"),
+        ("digest:p1:2026-03-30", "sent"),
+    ]
+    [message] = inbox.messages
+    assert str(message["Message-ID"]) == message_id(app_db, tmp_path, "digest:p1:2026-03-30")
+
+
+@pytest.mark.parametrize("owner", ["not an address", " o@x.com\r\nBcc: all@x.com"])
+def test_an_owner_address_that_cannot_be_mailed_is_recorded_once_a_day(
+    app_db: AppDatabase, tmp_path: Path, owner: str
+) -> None:
+    insert_rows(app_db, "projects", [project("p1", timezone="Europe/Berlin", owner_email=owner)])
+    warehouse = build_warehouse(tmp_path / "warehouse.duckdb")
+    settings = settings_for(app_db, tmp_path)
+    assert due_count(app_db, NOW) == 1
+    report = send_due_digests(app_db, warehouse, outbox(tmp_path), settings, NOW)
+    assert report.failed == ["p1"] and not report.retrying and not report.sent
+    [row] = digest_rows(app_db)
+    assert (row.idempotency_key, row.status, row.to_email) == (
+        "digest:p1:2026-03-29",
+        "failed",
+        owner.strip(),
+    )
+    assert row.error.startswith("invalid_address: ")
+    assert parse_time(project_row(app_db, "p1").digest_next_at) == utc("2026-03-31 06:00")
+    # Not every hour: the next tick finds nothing due, and nothing was mailed.
+    assert due_count(app_db, NOW + timedelta(hours=1)) == 0
+    later = send_due_digests(
+        app_db, warehouse, outbox(tmp_path), settings, NOW + timedelta(hours=1)
+    )
+    assert not later.failed and len(digest_rows(app_db)) == 1
+    assert not (tmp_path / "outbox").exists() or read_messages(tmp_path / "outbox") == []
+    # The next day gets its own row.
+    send_due_digests(app_db, warehouse, outbox(tmp_path), settings, utc("2026-03-31 06:00"))
+    assert [r.idempotency_key for r in digest_rows(app_db)] == [
+        "digest:p1:2026-03-29",
+        "digest:p1:2026-03-30",
+    ]
 
 
 @pytest.mark.parametrize(

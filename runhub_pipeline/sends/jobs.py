@@ -92,8 +92,9 @@ def build_send_jobs(
         report = send_due_digests(app_db, warehouse, email, settings, _now(config, clock))
         sent = sum(report.sent.values())
         context.log.info(
-            f"digests sent {sent}, failed {len(report.failed)}, already done"
-            f" {len(report.already_done)}, interrupted rows ended {report.interrupted}"
+            f"digests sent {sent}, failed {len(report.failed)} ({len(report.retrying)} to be"
+            f" retried), already done {len(report.already_done)}, interrupted rows ended"
+            f" {report.interrupted}"
         )
 
     @dg.op(name=REAP_OP)

@@ -52,6 +52,13 @@ AUTO_RUN_SLOT = timedelta(minutes=15)
 # Digest: abandoned checkouts still recoverable (CONTRACT §5 `abandoned_open`).
 OPEN_ABANDONED_WINDOW = timedelta(hours=48)
 DEFAULT_DIGEST_HOUR = 8
+# A digest whose delivery failed is tried again at the next hourly tick, the same row and day, at
+# most DIGEST_MAX_ATTEMPTS times in all: that rides out a relay restart or a short outage (up to
+# two hours) while the digest still arrives the morning it is meant for, and a dead server costs
+# each project three connection attempts a day rather than one an hour. After the last attempt
+# the project waits for its next regular digest hour.
+DIGEST_RETRY_DELAY = timedelta(hours=1)
+DIGEST_MAX_ATTEMPTS = 3
 
 OUTCOME_EVENTS: Mapping[str, str] = {
     RECOVER_ABANDONED: "recovery_email_sent",
