@@ -34,12 +34,14 @@ class SourceUse:
     write_seconds: float = 0.0
     write_statements: int = 0
     rows_by_query: dict[str, int] = field(default_factory=dict)
+    seconds_by_query: dict[str, float] = field(default_factory=dict)
 
     def add_read(self, label: str, seconds: float, rows: int) -> None:
         self.read_seconds += seconds
         self.read_rows += rows
         self.read_statements += 1
         self.rows_by_query[label] = self.rows_by_query.get(label, 0) + rows
+        self.seconds_by_query[label] = self.seconds_by_query.get(label, 0.0) + seconds
 
 
 def _label(sql: str) -> str:

@@ -367,7 +367,10 @@ def details(results: Results) -> str:
     lines = []
     for tick in results.ticks:
         steps = ", ".join(f"{key} {value:.2f}" for key, value in tick.timings.per_step.items())
-        reads = ", ".join(f"{key} {value:,}" for key, value in sorted(tick.rows_by_query.items()))
+        reads = ", ".join(
+            f"{key} {rows:,} rows {tick.seconds_by_query.get(key, 0.0) * 1000:.1f} ms"
+            for key, rows in sorted(tick.rows_by_query.items())
+        )
         lines.append(
             f"tick {tick.window:%H:%M}Z: call {tick.call_seconds:.2f} s = launch"
             f" {tick.call_to_first_event:.2f} (definitions, instance, run creation) +"
@@ -378,7 +381,7 @@ def details(results: Results) -> str:
         )
         lines.append(f"  steps (s): {steps}")
         lines.append(
-            f"  app reads: {tick.source_statements} statements, rows by table: {reads};"
+            f"  app reads: {tick.source_statements} statements by table: {reads};"
             f" app writes {tick.write_seconds:.3f} s"
         )
     for label, samples in (("1x", results.backfills), ("3x", results.backfills_3x)):

@@ -77,6 +77,7 @@ class TickSample:
     source_rows: int
     source_statements: int
     rows_by_query: dict[str, int]
+    seconds_by_query: dict[str, float]
     write_seconds: float
     server_tuples: int
     rollup: RollupSample
@@ -139,6 +140,7 @@ def measure_tick(home: BenchHome, window: datetime) -> TickSample:
         source_rows=use.read_rows,
         source_statements=use.read_statements,
         rows_by_query=dict(use.rows_by_query),
+        seconds_by_query=dict(use.seconds_by_query),
         write_seconds=use.write_seconds,
         server_tuples=server_tuples,
         rollup=rollup,

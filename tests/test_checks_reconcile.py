@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runhub_pipeline.checks.core import CheckEnv, CheckOptions, CheckScope
-from runhub_pipeline.checks.reconcile import count_source_rows, source_reconciliation
+from runhub_pipeline.checks.reconcile import count_source_rows, source_reconciliation, spans_of
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse
 from tests.factories import (
@@ -59,8 +59,17 @@ def _check(warehouse: Warehouse, app_db: AppDatabase, tmp_path: Path) -> tuple[b
 
 def test_recount_by_window_on_both_dialects(app_db: AppDatabase) -> None:
     _fill(app_db)
-    counts = count_source_rows(app_db, "business_events", W0, END)
+    counts = count_source_rows(app_db, "business_events", [W0, W1])
     assert counts == {W0: 3, W1: 1}
+
+
+def test_the_recount_reads_only_the_windows_asked_for(app_db: AppDatabase) -> None:
+    """Windows apart are counted on their own: the rows between them are not read."""
+    _fill(app_db)
+    assert count_source_rows(app_db, "business_events", [W1, END]) == {W1: 1, END: 1}
+    assert count_source_rows(app_db, "business_events", [W0, END]) == {W0: 3, END: 1}
+    assert spans_of([END, W0, W1, W0]) == [(W0, END + timedelta(minutes=15))]
+    assert spans_of([W0, END]) == [(W0, W1), (END, END + timedelta(minutes=15))]
 
 
 def test_ledger_matches_the_app_database(app_db: AppDatabase, tmp_path: Path) -> None:
@@ -115,4 +124,5 @@ def test_source_rows_of_a_window_without_ledger_row_fail(
 
 @pytest.mark.parametrize("table", ["business_events", "inhouse_analytics_events"])
 def test_recount_of_an_empty_range(sqlite_app_db: AppDatabase, table: str) -> None:
-    assert count_source_rows(sqlite_app_db, table, W0, END) == {}
+    assert count_source_rows(sqlite_app_db, table, [W0, W1]) == {}
+    assert count_source_rows(sqlite_app_db, table, []) == {}

@@ -471,3 +471,33 @@ def test_a_check_that_cannot_run_fails_with_its_error(
     assert outcome.severity == "ERROR"
     assert "could not run" in outcome.description
     assert "business_kpi_daily" in outcome.metadata["error"]
+
+
+@pytest.mark.parametrize("table", [names.STG_BUSINESS_EVENTS, names.STG_ANALYTICS_EVENTS])
+def test_the_staged_grain_check_compares_the_run_s_keys_with_every_window(
+    table: str, warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """The staged event tables' grain check reads only the keys of the run's windows, but a copy
+    of such a key in an older window still fails it; a run whose windows hold no copied key
+    passes, whatever older windows hold (that run did not write them)."""
+    rule = _rule(table, names.GRAIN_UNIQUE)
+    assert rule.scoped
+    # A copy of one of the run's rows, filed a day before the run's windows.
+    warehouse.execute(
+        render(
+            "insert into {{ t }} select * replace (ingest_window_start - interval 1 day as"
+            " ingest_window_start) from {{ t }} where ingest_window_start >= $start limit 1",
+            t=table,
+        ),
+        {"start": SCOPE.window_start},
+    )
+    outcome = evaluate_safely(rule, _env(warehouse, tmp_path))
+    assert not outcome.passed
+    assert outcome.metadata["unexpected_rows"] == 1
+    later = CheckScope(
+        END + timedelta(days=1),
+        END + timedelta(days=1, minutes=15),
+        run_started_at=FIXED_NOW + timedelta(days=1),
+        now=END + timedelta(days=1, minutes=20),
+    )
+    assert evaluate_safely(rule, _env(warehouse, tmp_path, later)).passed

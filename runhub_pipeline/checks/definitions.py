@@ -84,8 +84,10 @@ def _structural_rules(rules: structural.TableRules) -> list[CheckRule]:
         CheckRule(
             rules.table,
             names.GRAIN_UNIQUE,
-            f"One row per ({', '.join(rules.grain)}).",
+            f"One row per ({', '.join(rules.grain)})"
+            + (" among the keys of the windows the run wrote." if rules.window_column else "."),
             functools.partial(structural.grain_unique, rules=rules),
+            scoped=rules.window_column is not None,
         ),
         CheckRule(
             rules.table,

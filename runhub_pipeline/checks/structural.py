@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from runhub_pipeline.checks import names
 from runhub_pipeline.checks.core import CheckEnv, Outcome, no_offenders, render
+from runhub_pipeline.checks.staging_rules import LEDGER_SCOPE
 from runhub_pipeline.lineage import model_table_schema
 
 
@@ -24,6 +25,11 @@ class TableRules:
         not_null: further columns that must be set (the grain always must).
         non_negative: counts and amounts that are never below zero.
         rates: shares that are NULL or within [0, 1].
+        window_column: set on the staged event tables (millions of rows, grain one column): the
+            grain check then looks only at the keys of rows in the ingest windows the run wrote.
+            Grouping the whole table took 0.65 s of every 15-minute tick at 6.7M rows, and
+            growing; the keys of a window are compared against the whole table, so a copy in
+            any other window is still found.
     """
 
     table: str
@@ -31,6 +37,7 @@ class TableRules:
     not_null: tuple[str, ...] = ()
     non_negative: tuple[str, ...] = ()
     rates: tuple[str, ...] = ()
+    window_column: str | None = None
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -102,6 +109,7 @@ def table_rules() -> Mapping[str, TableRules]:
                     "event_type",
                     "occurred_at",
                 ),
+                window_column="ingest_window_start",
             ),
             TableRules(
                 names.STG_ANALYTICS_EVENTS,
@@ -113,6 +121,7 @@ def table_rules() -> Mapping[str, TableRules]:
                     "session_id",
                     "occurred_at",
                 ),
+                window_column="ingest_window_start",
             ),
             TableRules(
                 names.QUARANTINED_EVENTS,
@@ -175,6 +184,13 @@ def table_rules() -> Mapping[str, TableRules]:
 _DUPLICATES = """
 select {{ grain | join(', ') }}, count(*) as copies
 from {{ table }}
+{%- if window_column %}
+where {{ grain[0] }} in (
+    select w.{{ grain[0] }}
+    from {{ table }} as w
+    where w.{{ window_column }} in (select l.window_start from ingest_ledger as l where {{ scope }})
+)
+{%- endif %}
 group by {{ grain | join(', ') }}
 having count(*) > 1
 """
@@ -197,11 +213,22 @@ where {% for c in columns -%}
 
 def grain_unique(env: CheckEnv, rules: TableRules) -> Outcome:
     grain = ", ".join(rules.grain)
+    if rules.window_column and len(rules.grain) != 1:
+        raise ValueError(f"{rules.table}: a window-scoped grain check needs a one-column grain")
+    sql = render(
+        _DUPLICATES,
+        table=rules.table,
+        grain=rules.grain,
+        window_column=rules.window_column,
+        scope=LEDGER_SCOPE,
+    )
+    scope = f" ({env.scope.describe()}, re-staged windows)" if rules.window_column else ""
     return no_offenders(
         env,
-        render(_DUPLICATES, table=rules.table, grain=rules.grain),
-        failed=lambda count: f"{count} duplicated ({grain}) keys",
-        passed=f"one row per ({grain})",
+        sql,
+        params=env.scope.params(),
+        failed=lambda count: f"{count} duplicated ({grain}) keys{scope}",
+        passed=f"one row per ({grain}){scope}",
         metadata={"grain": grain},
     )
 
