@@ -22,12 +22,14 @@ SOURCE_TABLES = ("business_events", "inhouse_analytics_events")
 # Freshness metadata: until when a passing verdict holds (the freshness schedule reads it).
 FRESH_UNTIL = "fresh_until"
 
-# Ledger rows this run is answerable for: its windows, and rows it re-ingested or re-staged.
-LEDGER_SCOPE = """(
+# Ledger rows whose source rows this run read: its windows, and windows it re-ingested.
+INGESTED_SCOPE = """(
     (l.window_start >= $window_start and l.window_start < $window_end)
-    or l.staged_at >= $run_started_at
     or l.ingested_at >= $run_started_at
 )"""
+# Ledger rows this run is answerable for: those it read, and those whose duplicate counts it
+# re-staged (a copy of one of its keys was staged in that window).
+LEDGER_SCOPE = f"({INGESTED_SCOPE} or l.staged_at >= $run_started_at)"
 
 _DEDUPE = """
 select s.project_id, s.idempotency_key, count(*) as copies, min(s.event_id) as first_event_id
