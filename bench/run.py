@@ -34,7 +34,7 @@ from bench.sensor_tick import (
     measure_sensor_ticks,
     sensor_backfill_range,
 )
-from bench.tick import TickSample, measure_tick
+from bench.tick import TickSample, measure_ticks_in_new_process
 from bench.workload import (
     SCALES,
     WINDOW,
@@ -80,9 +80,14 @@ class Plan:
         return self.data_start - timedelta(days=1)
 
     @property
+    def tick_windows(self) -> int:
+        """Two ticks per repeat: the first and the second run of one new process."""
+        return 2 * self.repeat if "tick" in self.parts else 0
+
+    @property
     def backfill_end(self) -> datetime:
-        """The backfill leaves the last `repeat` windows for the steady-state ticks."""
-        return self.end - self.repeat * WINDOW if "tick" in self.parts else self.end
+        """The backfill leaves the last windows for the steady-state ticks."""
+        return self.end - self.tick_windows * WINDOW
 
 
 @dataclasses.dataclass
@@ -116,17 +121,22 @@ def run_1x(plan: Plan, results: Results) -> None:
                 backfill_rounds(plan, results.backfills, url, home, "1x")
             if "tick" in plan.parts:
                 for index in range(plan.repeat):
-                    window = plan.backfill_end + index * WINDOW
-                    with phase(f"tick {index + 1}/{plan.repeat}: window {window:%Y-%m-%d %H:%M}Z"):
-                        sample = measure_tick(home, window)
-                    results.ticks.append(sample)
-                    note(
-                        f"  steps {sample.timings.steps:.2f} s, launch {sample.launch:.2f} s,"
-                        f" source reads {sample.source_read_seconds:.3f} s for"
-                        f" {sample.source_rows:,} rows ({sample.new_rows:,} new), rollup"
-                        f" {sample.rollup.seconds:.3f} s"
-                        + ("" if sample.success else f"; RUN FAILED: {sample.failure}")
-                    )
+                    first = plan.backfill_end + 2 * index * WINDOW
+                    with phase(
+                        f"ticks {index + 1}/{plan.repeat}: windows {first:%Y-%m-%d %H:%M}Z and"
+                        " the next, in one new process"
+                    ):
+                        samples = measure_ticks_in_new_process(home, [first, first + WINDOW])
+                    for sample in samples:
+                        note(
+                            f"  run {sample.run_in_process} of the process: steps"
+                            f" {sample.timings.steps:.2f} s, launch {sample.launch:.2f} s, source"
+                            f" reads {sample.source_read_seconds:.3f} s for"
+                            f" {sample.source_rows:,} rows ({sample.new_rows:,} new), rollup"
+                            f" {sample.rollup.seconds:.3f} s"
+                            + ("" if sample.success else f"; RUN FAILED: {sample.failure}")
+                        )
+                    results.ticks.extend(samples)
         if {"backfill", "memory"} & set(plan.parts):
             for index in range(2, plan.repeat + 1):
                 with bench_home(url, plan.partitions_start, plan.instance, f"1x-{index}") as home:
@@ -216,7 +226,8 @@ def run_sensors_and_send(plan: Plan, results: Results) -> None:
 def figures(plan: Plan, results: Results) -> list[Figure]:
     out: list[Figure] = []
     ticks = [tick for tick in results.ticks if tick.success]
-    if ticks:
+    # A failed run has no steps to time; the bench then exits non-zero with the failure.
+    if ticks and all(tick.success for tick in results.ticks):
         out += [
             Figure(
                 "a",
@@ -235,8 +246,17 @@ def figures(plan: Plan, results: Results) -> list[Figure]:
             ),
             Figure(
                 "a",
-                "tick: steps wall time (ingest, marts, checks, serving)",
-                [t.timings.steps for t in ticks],
+                "tick: steps wall time, a new process's first run (as the daemon runs it)",
+                [t.timings.steps for t in ticks if t.run_in_process == 1],
+                "s",
+                "< 5 s",
+                lambda v: v < 5,
+                "ingest, marts, checks, serving; includes importing GX at the first check",
+            ),
+            Figure(
+                "a",
+                "tick: steps wall time, the process's second run (warm)",
+                [t.timings.steps for t in ticks if t.run_in_process > 1],
                 "s",
                 "< 5 s",
                 lambda v: v < 5,
@@ -372,7 +392,8 @@ def details(results: Results) -> str:
             for key, rows in sorted(tick.rows_by_query.items())
         )
         lines.append(
-            f"tick {tick.window:%H:%M}Z: call {tick.call_seconds:.2f} s = launch"
+            f"tick {tick.window:%H:%M}Z (run {tick.run_in_process} of its process): call"
+            f" {tick.call_seconds:.2f} s = launch"
             f" {tick.call_to_first_event:.2f} (definitions, instance, run creation) +"
             f" {tick.timings.first_event_to_run_start:.2f} (planned -> RUN_START) +"
             f" {tick.timings.run_start_to_first_step:.2f} (RUN_START -> first step) + steps"

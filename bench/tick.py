@@ -1,17 +1,26 @@
 """(a) The steady-state tick: one 15-minute window run end to end, against the two-day rollup.
 
 The window job runs the way `runhub backfill` and the sensors' runs do: a Dagster run of
-`window_job` on the home's DagsterInstance (`orchestration.execute_window_range`), in this
-process so that every app-database read can be metered client-side (`bench.meter`). Right after
-it, on the same data, the rollup it replaces upserts daily counts and sums per project over the
-last two days of `business_events` into a bench-owned table.
+`window_job` on the home's DagsterInstance (`orchestration.execute_window_range`), in the
+measuring process so that every app-database read can be metered client-side (`bench.meter`).
+Right after it, on the same data, the rollup it replaces upserts daily counts and sums per project
+over the last two days of `business_events` into a bench-owned table.
+
+`measure_ticks_in_new_process` runs the ticks in a new Python process: the daemon launches every
+run in a new run-worker process, whose first run pays what a process imports on first use (GX, at
+its first check); a second run in the same process shows the warm cost beside it.
 """
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 
 import psycopg
 
@@ -82,6 +91,8 @@ class TickSample:
     server_tuples: int
     rollup: RollupSample
     call_seconds: float = 0.0
+    # 1 for the first run in its process (cold, as a daemon-launched run), 2 for the next.
+    run_in_process: int = 1
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -146,3 +157,30 @@ def measure_tick(home: BenchHome, window: datetime) -> TickSample:
         rollup=rollup,
         call_seconds=call_seconds,
     )
+
+
+def measure_ticks_in_new_process(home: BenchHome, windows: list[datetime]) -> list[TickSample]:
+    """`measure_tick` for each of `windows`, in order, in one new Python process."""
+    with tempfile.TemporaryDirectory(prefix="runhub-bench-tick-") as folder:
+        request, answer = Path(folder) / "request.pickle", Path(folder) / "answer.pickle"
+        request.write_bytes(pickle.dumps((home, windows)))
+        subprocess.run([sys.executable, "-m", "bench.tick", str(request), str(answer)], check=True)
+        samples: list[TickSample] = pickle.loads(answer.read_bytes())
+    return samples
+
+
+def _main(request: str, answer: str) -> None:
+    home, windows = pickle.loads(Path(request).read_bytes())
+    samples = [
+        replace(measure_tick(home, window), run_in_process=index)
+        for index, window in enumerate(windows, start=1)
+    ]
+    Path(answer).write_bytes(pickle.dumps(samples))
+
+
+if __name__ == "__main__":
+    # Through the module's own name, so that the samples pickle as `bench.tick.TickSample`, not as
+    # a class of `__main__` the parent cannot load.
+    from bench.tick import _main as main_of_module
+
+    main_of_module(*sys.argv[1:3])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import dagster as dg
+import yaml
 
 from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
 from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition_key
@@ -70,7 +71,26 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
         raise DagsterHomeError(
             f"DAGSTER_HOME {home} is not writable: {path_problem(error)}"
         ) from None
-    return dg.DagsterInstance.from_config(str(home))
+    try:
+        return dg.DagsterInstance.from_config(str(home))
+    except (yaml.YAMLError, dg.DagsterError) as error:
+        raise DagsterHomeError(
+            f"{config} is not a usable Dagster instance config: {_config_problem(error)}"
+        ) from None
+
+
+def _config_problem(error: Exception) -> str:
+    """What is wrong with a dagster.yaml, in one line: Dagster's own messages run to pages (the
+    whole expected schema, a stack trace)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    if isinstance(error, dg.DagsterInvalidConfigError) and error.errors:
+        message = error.errors[0].message
+        if "PostProcessingError: " in message:  # an `env:` value: the variable is not set
+            message = message.split("PostProcessingError: ", 1)[1].split(". ", 1)[0]
+        return message.split(" Expected:", 1)[0].splitlines()[0]
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), repr(error))
 
 
 def execute_window_range(

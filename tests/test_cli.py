@@ -208,6 +208,38 @@ def test_unwritable_dagster_home_is_one_line_and_creates_nothing(
 
 
 @pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ("storage: [unclosed", "(line 1, column 19)"),
+        ("no_such_setting: 1", 'unexpected config entry "no_such_setting"'),
+        (
+            "storage:\n  postgres:\n    postgres_db:\n      hostname: {env: RUNHUB_TEST_UNSET}\n"
+            "      username: postgres\n      password: ''\n      db_name: x\n",
+            'the environment variable "RUNHUB_TEST_UNSET" which is not set',
+        ),
+    ],
+    ids=["yaml-syntax", "unknown-key", "unset-env"],
+)
+def test_a_broken_dagster_yaml_is_one_line(
+    config: str, fragment: str, sqlite_app_db: AppDatabase, tmp_path: Path
+) -> None:
+    """A DAGSTER_HOME whose dagster.yaml cannot be loaded is named in one line, not a traceback."""
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text(config)
+    env = {
+        "RUNHUB_HOME": str(tmp_path / "home"),
+        "RUNHUB_APP_DB_URL": sqlite_app_db.url,
+        "DAGSTER_HOME": str(dagster_home),
+    }
+    result = runhub(
+        "backfill", "--start", "2026-03-01T00:00Z", "--end", "2026-03-01T00:15Z", env=env
+    )
+    assert_one_line_error(result, fragment)
+    assert str(dagster_home / "dagster.yaml") in result.stderr
+
+
+@pytest.mark.parametrize(
     "dialect", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )
 def test_uninitialised_app_database_is_one_line_and_creates_nothing(

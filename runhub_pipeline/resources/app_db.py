@@ -30,6 +30,7 @@ class AppDbError(RuntimeError):
     """The app database is missing, unreachable or refused an operation; one line for the user."""
 
 
+@functools.cache  # asked on every placeholder and read; the URL of a process rarely changes
 def dialect_of(url: str) -> Dialect:
     scheme = urlsplit(url).scheme.split("+")[0]
     if scheme == "sqlite":
