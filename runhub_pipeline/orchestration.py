@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import yaml
@@ -17,6 +18,9 @@ import yaml
 from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
 from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition_key
 from runhub_pipeline.settings import Settings, path_problem
+
+if TYPE_CHECKING:  # dagster's own error record, from the package dagster depends on
+    from dagster_shared.error import SerializableErrorInfo
 
 # The embedded instance: SQLite storage under DAGSTER_HOME and queued runs. No pool limit: a run
 # killed with -9 would keep its pool slot until a daemon's run monitoring frees it, and the next
@@ -31,8 +35,10 @@ telemetry:
 """
 
 
-# Step-level DEBUG lines belong in the Dagster UI, not on the terminal of `runhub backfill`.
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The run's log belongs in the Dagster UI, not on the terminal of `runhub backfill`: a failed step
+# printed ~100 lines of stack trace there. The command says in one line which step failed and why
+# (`RunOutcome.failure`), with the run id to look up.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass(frozen=True)
@@ -114,10 +120,22 @@ def execute_window_range(
         )
 
 
+def _step_error(error: SerializableErrorInfo) -> str:
+    """The first line of what the step raised: Dagster wraps it in its own "Error occurred while
+    executing op" error, which says nothing of the cause."""
+    while error.cause is not None and (error.cls_name or "").startswith("Dagster"):
+        error = error.cause
+    line = next((text.strip() for text in error.message.splitlines() if text.strip()), "")
+    # "package.module.SomeError: what happened" -> "what happened"
+    qualified_name, _, what = line.partition(": ")
+    if what and qualified_name.rsplit(".", 1)[-1] == error.cls_name:
+        return what
+    return line or error.cls_name or "unknown error"
+
+
 def _first_failure(result: dg.ExecuteInProcessResult) -> str | None:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data is not None:
             error = event.step_failure_data.error
-            message = error.message.strip().splitlines()[0] if error else "unknown error"
-            return f"step {event.step_key}: {message}"
+            return f"step {event.step_key}: {_step_error(error) if error else 'unknown error'}"
     return None if result.success else "the run failed"

@@ -155,7 +155,8 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
 def test_backfill_reports_a_failed_run_in_one_line(
     sqlite_app_db: AppDatabase, tmp_path: Path
 ) -> None:
-    """A run that fails (here: the app database vanished) ends non-zero with the failing step."""
+    """A run that fails (here: an app table vanished) ends non-zero with one line naming the
+    failing step and the cause, not Dagster's wrapper error or its stack trace."""
     env = {"RUNHUB_HOME": str(tmp_path / "home"), "RUNHUB_APP_DB_URL": sqlite_app_db.url}
     with sqlite_app_db.begin() as connection:
         connection.execute(sa.text("drop table inhouse_analytics_events"))
@@ -163,7 +164,12 @@ def test_backfill_reports_a_failed_run_in_one_line(
         "backfill", "--start", "2026-03-01T00:00Z", "--end", "2026-03-01T00:15Z", env=env
     )
     assert result.returncode == 1
-    assert "failed" in result.stderr.strip().splitlines()[-1]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("runhub: backfill run ")
+    assert line.endswith(
+        "failed: step ingest_and_stage: cannot read the app database at"
+        f" {sa.make_url(sqlite_app_db.url).database}: no such table: inhouse_analytics_events"
+    )
 
 
 def test_accepting_an_unknown_or_unfailed_check_is_one_line(tmp_path: Path) -> None:
