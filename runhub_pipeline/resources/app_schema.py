@@ -37,7 +37,7 @@ _DIALECT_TYPES: dict[Dialect, dict[str, str]] = {
     },
 }
 
-_LEDGER = """
+LEDGER_DDL = """
 create table if not exists runhub_schema_migrations (
     version integer primary key,
     name text not null,
@@ -70,7 +70,7 @@ def migrate(app_db: AppDatabase) -> list[str]:
     """Apply every migration not yet applied; returns the names applied now."""
     applied_now: list[str] = []
     with app_db.begin() as connection:
-        connection.execute(sa.text(_LEDGER))
+        connection.execute(sa.text(LEDGER_DDL))
     for version, name, template in migration_files():
         with app_db.begin() as connection:
             if app_db.dialect == "postgresql":
