@@ -1,4 +1,5 @@
-"""Shared fixtures: real SQLite, DuckDB and PostgreSQL databases, one throwaway each.
+"""Shared fixtures: real SQLite, DuckDB and PostgreSQL databases, one throwaway each, and real
+SMTP servers (aiosmtpd, see tests/smtp_server.py) that record what they accept.
 
 PostgreSQL tests are marked `postgres`. Locally they skip when no server answers; under CI=true
 they fail instead, so a missing server can never turn into a green run.
@@ -6,17 +7,21 @@ they fail instead, so a missing server can never turn into a green run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from aiosmtpd.controller import Controller
 from psycopg import sql as pg_sql
 
 from runhub_pipeline.resources.app_db import AppDatabase, app_engine
 from runhub_pipeline.resources.app_schema import migrate
+from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -81,3 +86,27 @@ def app_db(request: pytest.FixtureRequest) -> AppDatabase:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_app_db")  # type: ignore[no-any-return]
     return request.getfixturevalue("postgres_app_db")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def smtp_server_factory() -> Iterator[ServerFactory]:
+    """Starts aiosmtpd servers on 127.0.0.1 and free ports; all are stopped afterwards."""
+    controllers: list[Controller] = []
+
+    def start(port: int | None = None, **smtp_options: Any) -> SmtpServer:
+        handler = RecordingHandler()
+        chosen = port or free_port()
+        controller = Controller(handler, hostname="127.0.0.1", port=chosen, **smtp_options)
+        controller.start()
+        controllers.append(controller)
+        return SmtpServer("127.0.0.1", chosen, handler, controller)
+
+    yield start
+    for controller in controllers:
+        with contextlib.suppress(AssertionError):  # already stopped by the test
+            controller.stop()
+
+
+@pytest.fixture
+def smtp_server(smtp_server_factory: ServerFactory) -> SmtpServer:
+    return smtp_server_factory()

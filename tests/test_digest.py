@@ -4,10 +4,8 @@ one inhouse_emails row per digest, the next local digest hour (DST gaps), missed
 broken time zones at their UTC hour, delivery retries on the same row and day, owner addresses
 that cannot be mailed, and no project ever seeing another's numbers."""
 
-import email
-import email.policy
 import zoneinfo
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -15,7 +13,6 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from aiosmtpd.controller import Controller
 
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.email import SmtpTransport
@@ -35,9 +32,9 @@ from runhub_pipeline.sends.message import address_domain, make_message_id
 from runhub_pipeline.sends.policy import DIGEST_MAX_ATTEMPTS, DIGEST_RETRY_DELAY
 from runhub_pipeline.sends.stored import parse_time
 from tests.factories import insert_rows, project, stored, utc
+from tests.smtp_server import SmtpServer, free_port
 from tests.test_sends_runs import (  # noqa: F401 - release_connections: autouse fixture
     NOW,
-    _free_port,
     build_warehouse,
     checkout,
     outbox,
@@ -223,34 +220,6 @@ def test_due_exactly_at_digest_next_at(app_db: AppDatabase) -> None:
 # --- delivery failures: retried on the same row, a bounded number of times ----------------------
 
 
-class _Inbox:
-    """An aiosmtpd handler keeping every message it accepts; `during_delivery` runs while a
-    message is being accepted (another worker acting mid-send)."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.during_delivery: Callable[[], None] | None = None
-
-    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
-        if self.during_delivery is not None:
-            self.during_delivery()
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.messages.append(message)
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_inbox() -> Iterator[tuple[SmtpTransport, _Inbox]]:
-    inbox = _Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    try:
-        yield SmtpTransport(url=f"smtp://127.0.0.1:{controller.port}"), inbox
-    finally:
-        controller.stop()
-
-
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as persistent:
@@ -258,7 +227,7 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 def unreachable() -> SmtpTransport:
-    return SmtpTransport(url=f"smtp://127.0.0.1:{_free_port()}", timeout_seconds=2)
+    return SmtpTransport(url=f"smtp://127.0.0.1:{free_port()}", timeout_seconds=2)
 
 
 def message_id(app_db: AppDatabase, tmp_path: Path, key: str) -> str:
@@ -268,7 +237,7 @@ def message_id(app_db: AppDatabase, tmp_path: Path, key: str) -> str:
 def test_an_unreachable_server_fails_the_digest_and_the_next_tick_retries_it(
     app_db: AppDatabase,
     tmp_path: Path,
-    smtp_inbox: tuple[SmtpTransport, _Inbox],
+    smtp_server: SmtpServer,
     instance: dg.DagsterInstance,
 ) -> None:
     warehouse = seed(app_db, tmp_path)
@@ -292,13 +261,14 @@ def test_an_unreachable_server_fails_the_digest_and_the_next_tick_retries_it(
     # The server is back; the hourly schedule's next tick runs the digest job.
     later = NOW + DIGEST_RETRY_DELAY
     [schedule] = [s for s in build_send_schedules() if s.name == "daily_digest_schedule"]
-    request = schedule(
-        dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=later, resources={"app_db": app_db}
-        )
-    )
+    # Closed here, not whenever it is collected: the instance it opens from the ref would then
+    # restore this test's closed instance as Dagster's current one for the tests that follow.
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=later, resources={"app_db": app_db}
+    ) as context:
+        request = schedule(context)
     assert isinstance(request, dg.RunRequest) and request.tags["runhub/digests_due"] == "2"
-    working, inbox = smtp_inbox
+    working, inbox = SmtpTransport(url=smtp_server.url()), smtp_server.handler
     [job] = [j for j in build_send_jobs(settings) if j.name == "daily_digest"]
     resources = {"app_db": app_db, "warehouse": warehouse, "email": working}
     assert job.execute_in_process(
@@ -324,7 +294,7 @@ def test_an_unreachable_server_fails_the_digest_and_the_next_tick_retries_it(
 
 
 def test_a_retry_after_local_midnight_reports_the_first_attempts_day(
-    app_db: AppDatabase, tmp_path: Path, smtp_inbox: tuple[SmtpTransport, _Inbox]
+    app_db: AppDatabase, tmp_path: Path, smtp_server: SmtpServer
 ) -> None:
     # 23:00 in Berlin (CEST) on Monday 03-30 is 21:00 UTC; the retry at 22:00 UTC is already
     # Tuesday there, whose yesterday would be 03-30.
@@ -336,7 +306,7 @@ def test_a_retry_after_local_midnight_reports_the_first_attempts_day(
     [failed] = digest_rows(app_db)
     assert failed.idempotency_key == "digest:p1:2026-03-29"
 
-    working, inbox = smtp_inbox
+    working, inbox = SmtpTransport(url=smtp_server.url()), smtp_server.handler
     retry = first + DIGEST_RETRY_DELAY
     [due] = due_projects(app_db, retry)
     assert due.reported_day == date(2026, 3, 29)
@@ -357,7 +327,7 @@ def test_a_retry_after_local_midnight_reports_the_first_attempts_day(
 
 
 def test_retries_stop_after_the_last_attempt_and_the_next_day_goes_out(
-    app_db: AppDatabase, tmp_path: Path, smtp_inbox: tuple[SmtpTransport, _Inbox]
+    app_db: AppDatabase, tmp_path: Path, smtp_server: SmtpServer
 ) -> None:
     insert_rows(app_db, "projects", [project("p1", timezone="Europe/Berlin")])
     warehouse = build_warehouse(tmp_path / "warehouse.duckdb")
@@ -374,7 +344,7 @@ def test_retries_stop_after_the_last_attempt_and_the_next_day_goes_out(
             assert report.retrying == ["p1"] and next_at == tick + DIGEST_RETRY_DELAY
     # After the last attempt: Berlin's next 08:00, which reports Monday 03-30.
     assert not report.retrying and next_at == utc("2026-03-31 06:00")
-    working, inbox = smtp_inbox
+    working, inbox = SmtpTransport(url=smtp_server.url()), smtp_server.handler
     after_the_last = ticks[-1] + DIGEST_RETRY_DELAY
     assert due_count(app_db, after_the_last) == 0
     # Even when the app resets the next digest time, a day out of attempts is not sent again.

@@ -10,7 +10,6 @@ import email
 import email.policy
 import itertools
 import json
-import socket
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -20,7 +19,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
 
 from runhub_pipeline.assets.ingest import ensure_warehouse_schema
 from runhub_pipeline.lineage import model_table_schema
@@ -34,6 +32,7 @@ from runhub_pipeline.sends.runs import execute_run
 from runhub_pipeline.sends.stored import parse_time
 from runhub_pipeline.settings import Settings
 from tests.factories import FIXED_NOW, business_event, insert_rows, project, stored
+from tests.smtp_server import SmtpServer, free_port
 
 NOW = FIXED_NOW  # 2026-03-30 12:00 UTC, the wall clock of every send test
 WATERMARK = NOW - timedelta(minutes=15)
@@ -857,39 +856,12 @@ def test_retention_prunes_sends_older_than_90_days(app_db: AppDatabase) -> None:
 # --- SMTP: unreachable, then a later run retries without duplicates --------------------------
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.recipients: Counter[str] = Counter()
-
-    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
-        for recipient in envelope.rcpt_tos:
-            self.recipients[recipient] += 1
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[int, _Recorder]]:
-    recorder = _Recorder()
-    controller = Controller(recorder, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    try:
-        yield controller.port, recorder
-    finally:
-        controller.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_unreachable_smtp_fails_sends_and_a_later_run_retries_them(
-    app_db: AppDatabase, tmp_path: Path, smtp_server: tuple[int, _Recorder]
+    app_db: AppDatabase, tmp_path: Path, smtp_server: SmtpServer
 ) -> None:
     warehouse = seed_leads(app_db, tmp_path)
     settings = settings_for(app_db, tmp_path)
-    closed = SmtpTransport(url=f"smtp://127.0.0.1:{_free_port()}", timeout_seconds=2)
+    closed = SmtpTransport(url=f"smtp://127.0.0.1:{free_port()}", timeout_seconds=2)
     queue_run(app_db, "down", "p1", "send_promo")
     report = execute_run(app_db, warehouse, closed, settings, "down", NOW)
 
@@ -904,17 +876,16 @@ def test_unreachable_smtp_fails_sends_and_a_later_run_retries_them(
     assert result_of(app_db, "down")["failure_reasons"] == {"delivery": 4}
     assert outcome_events(app_db) == []
 
-    port, recorder = smtp_server
-    working = SmtpTransport(url=f"smtp://127.0.0.1:{port}")
+    working = SmtpTransport(url=smtp_server.url())
     queue_run(app_db, "retry", "p1", "send_promo", created_at=NOW + timedelta(minutes=5))
     retry = execute_run(app_db, warehouse, working, settings, "retry", NOW + timedelta(minutes=5))
     assert retry.status == "succeeded" and retry.sent_now == 4
-    assert recorder.recipients == Counter(dict.fromkeys(sends, 1))
+    assert smtp_server.handler.recipients == Counter(dict.fromkeys(sends, 1))
     # A third run finds them all in the 24-hour cooldown.
     queue_run(app_db, "third", "p1", "send_promo", created_at=NOW + timedelta(hours=3))
     execute_run(app_db, warehouse, working, settings, "third", NOW + timedelta(hours=3))
     assert result_of(app_db, "third")["skipped"] == {"recently_emailed": 4}
-    assert sum(recorder.recipients.values()) == 4
+    assert sum(smtp_server.handler.recipients.values()) == 4
     assert len(outcome_events(app_db)) == 4
 
 
@@ -927,7 +898,7 @@ def test_a_dead_server_stops_the_run_after_five_failures(
         for i in range(1, 13)
     ]
     warehouse = build_warehouse(tmp_path / "warehouse.duckdb", events=events)
-    closed = SmtpTransport(url=f"smtp://127.0.0.1:{_free_port()}", timeout_seconds=2)
+    closed = SmtpTransport(url=f"smtp://127.0.0.1:{free_port()}", timeout_seconds=2)
     queue_run(app_db, "down", "p1", "onboard_users")
     execute_run(app_db, warehouse, closed, settings_for(app_db, tmp_path), "down", NOW)
     result = result_of(app_db, "down")

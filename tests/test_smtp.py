@@ -1,24 +1,16 @@
-"""SmtpTransport against a real SMTP server (aiosmtpd) started by the tests.
-
-The server is local to this module for now; it can move to conftest.py when other tests need it.
-"""
+"""SmtpTransport against a real SMTP server (aiosmtpd), started by the `smtp_server` and
+`smtp_server_factory` fixtures in conftest.py."""
 
 from __future__ import annotations
 
-import contextlib
-import email
-import email.policy
 import socket
 import ssl
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from runhub_pipeline.resources.email import EmailDeliveryError, SmtpTransport
@@ -30,91 +22,10 @@ from runhub_pipeline.sends.message import (
     unsubscribe_link,
 )
 from runhub_pipeline.sends.render import render_email
+from tests.smtp_server import ServerFactory, SmtpServer
 
 FROM = "Run Hub <no-reply@runhub.localhost>"
 REPORTED_DAY = date(2026, 3, 3)
-
-
-@dataclass
-class Received:
-    envelope: Envelope
-    peer: Any
-    authenticated_as: str | None
-
-    @property
-    def message(self) -> EmailMessage:
-        parsed = email.message_from_bytes(
-            self.envelope.original_content or b"", policy=email.policy.default
-        )
-        assert isinstance(parsed, EmailMessage)
-        return parsed
-
-
-@dataclass
-class RecordingHandler:
-    received: list[Received] = field(default_factory=list)
-
-    async def handle_RCPT(
-        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address.startswith("reject"):
-            return "550 5.1.1 no such mailbox"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
-        login = (
-            session.auth_data.login.decode()
-            if isinstance(session.auth_data, LoginPassword)
-            else None
-        )
-        self.received.append(Received(envelope, session.peer, login))
-        return "250 2.0.0 queued"
-
-
-@dataclass
-class SmtpServer:
-    host: str
-    port: int
-    handler: RecordingHandler
-    controller: Controller
-
-    def url(self, scheme: str = "smtp", credentials: str = "", query: str = "") -> str:
-        return f"{scheme}://{credentials}{self.host}:{self.port}{query}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-ServerFactory = Callable[..., SmtpServer]
-
-
-@pytest.fixture
-def smtp_server_factory() -> Iterator[ServerFactory]:
-    """Starts aiosmtpd servers on 127.0.0.1 and free ports; all are stopped afterwards."""
-    controllers: list[Controller] = []
-
-    def start(port: int | None = None, **smtp_options: Any) -> SmtpServer:
-        handler = RecordingHandler()
-        chosen = port or free_port()
-        controller = Controller(handler, hostname="127.0.0.1", port=chosen, **smtp_options)
-        controller.start()
-        controllers.append(controller)
-        return SmtpServer("127.0.0.1", chosen, handler, controller)
-
-    yield start
-    for controller in controllers:
-        with contextlib.suppress(AssertionError):  # already stopped by the test
-            controller.stop()
-
-
-@pytest.fixture
-def smtp_server(smtp_server_factory: ServerFactory) -> SmtpServer:
-    return smtp_server_factory()
 
 
 def digest_message(to_addr: str = "owner@example.com", locale: str = "ar") -> EmailMessage:
