@@ -112,12 +112,13 @@ def measure_sensor_ticks(home: BenchHome) -> list[SensorTick]:
                 ("ingest_sensor", "ingest_sensor"),
             ]:
                 sensor = definitions.resolve_sensor_def(name)
-                context = dg.build_sensor_context(
+                with dg.build_sensor_context(
                     instance=instance, definitions=definitions, resources=resources
-                )
-                started = time.perf_counter()
-                result = sensor(context)
-                ticks.append(SensorTick(label, time.perf_counter() - started, _describe(result)))
+                ) as context:
+                    started = time.perf_counter()
+                    result = sensor(context)
+                    elapsed = time.perf_counter() - started
+                ticks.append(SensorTick(label, elapsed, _describe(result)))
     return ticks
 
 

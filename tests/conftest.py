@@ -8,6 +8,7 @@ they fail instead, so a missing server can never turn into a green run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
+from dagster._core.storage.defs_state.base import _current_storage
 from psycopg import sql as pg_sql
 
 from runhub_pipeline.resources.app_db import AppDatabase, app_engine
@@ -24,6 +26,33 @@ from runhub_pipeline.resources.app_schema import migrate
 from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(autouse=True)
+def no_dagster_instance_left_entered() -> Iterator[None]:
+    """Fails the test that leaves a Dagster instance entered, and clears it for the next test.
+
+    Entering a DagsterInstance makes its state storage the process's current one, and exiting it
+    restores whatever was current when it was entered. `build_schedule_context` enters a second
+    instance from the given instance's ref when a schedule reads `context.instance`, and exits it
+    only when the context is closed (`with ... as context`). Left open, it is exited whenever the
+    garbage collector finds it, possibly tests later, after the test's own instance has closed,
+    and it then restores that closed instance's storage: the next Definitions load fails with
+    "Attempted to resolve undefined DagsterInstance weakref", far from the cause and only in some
+    test orders. Collecting here makes that happen in the test that caused it.
+    """
+    yield
+    gc.collect()
+    gc.freeze()  # what survived is older than this test: keeps the next collection this cheap
+    left_entered = _current_storage.get()
+    if left_entered is not None:
+        _current_storage.set(None)  # as Dagster does when it cannot reset; the next test is clean
+        pytest.fail(
+            f"a Dagster instance was left entered ({type(left_entered).__name__} is still the"
+            " current state storage): close build_schedule_context with `with`, and exit every"
+            " instance this test enters"
+        )
+
 
 PG_ADMIN_URL = os.environ.get("RUNHUB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -75,8 +75,8 @@ def test_a_stalled_pipeline_is_flagged_stale_by_the_schedule(
     freshness_job = definitions.resolve_job_def(FRESHNESS_CHECK_JOB)
 
     def tick(at: datetime) -> dg.RunRequest | dg.SkipReason:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at)
-        result = schedule.evaluate_tick(context)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=at) as context:
+            result = schedule.evaluate_tick(context)
         if result.skip_message is not None:
             return dg.SkipReason(result.skip_message)
         (request,) = result.run_requests or []

@@ -100,8 +100,8 @@ def sensors_at(now: Any) -> dict[str, dg.SensorDefinition]:
 def evaluate(
     sensor: dg.SensorDefinition, instance: dg.DagsterInstance, **resources: Any
 ) -> dg.SensorResult | dg.SkipReason:
-    context = dg.build_sensor_context(instance=instance, resources=resources)
-    result = sensor(context)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = sensor(context)
     assert isinstance(result, dg.SensorResult | dg.SkipReason)
     return result
 
@@ -290,10 +290,10 @@ def test_schedules_key_their_ticks_and_say_why_they_skip(
     schedules = {schedule.name: schedule for schedule in build_send_schedules()}
 
     def tick(name: str, at: Any) -> dg.RunRequest | dg.SkipReason:
-        context = dg.build_schedule_context(
+        with dg.build_schedule_context(
             instance=instance, scheduled_execution_time=at, resources={"app_db": app_db}
-        )
-        result = schedules[name](context)
+        ) as context:
+            result = schedules[name](context)
         assert isinstance(result, dg.RunRequest | dg.SkipReason)
         return result
 
@@ -608,24 +608,23 @@ def test_a_failed_blocking_check_holds_the_sends_back(
     )
     resources = {"app_db": app_db, "warehouse": warehouse}
     for name in ("abandoned_checkout_sensor", "workflow_runs_sensor"):
-        context = dg.build_sensor_context(
+        with dg.build_sensor_context(
             instance=instance, definitions=definitions, resources=resources
-        )
-        result = definitions.resolve_sensor_def(name)(context)
+        ) as context:
+            result = definitions.resolve_sensor_def(name)(context)
         assert isinstance(result, dg.SkipReason)
         assert result.skip_message == (
             "held back: blocking data-quality checks failed:"
             " fct_checkouts:checkout_status_consistent: 2 checkouts with a bad status"
         )
     insert_rows(app_db, "projects", [project("p9", digest_next_at=NOW - timedelta(hours=1))])
-    digest = definitions.resolve_schedule_def("daily_digest_schedule")(
-        dg.build_schedule_context(
-            instance=instance,
-            scheduled_execution_time=NOW,
-            resources={"app_db": app_db},
-            repository_def=definitions.get_repository_def(),
-        )
-    )
+    with dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=NOW,
+        resources={"app_db": app_db},
+        repository_def=definitions.get_repository_def(),
+    ) as context:
+        digest = definitions.resolve_schedule_def("daily_digest_schedule")(context)
     assert isinstance(digest, dg.SkipReason)
     assert (digest.skip_message or "").startswith("held back: blocking data-quality checks")
     assert app_db.fetch_all("select status from workflow_runs")[0].status == "queued"
