@@ -45,6 +45,7 @@ from bench.workload import (
     run_runhub,
     throwaway_database,
 )
+from runhub_pipeline.settings import SettingsError, parse_utc
 
 PARTS = ("tick", "backfill", "memory", "sensors", "send")
 SERVING_TABLES = ("business_kpi_daily", "runhub_publish_log")
@@ -70,6 +71,8 @@ class Plan:
     parts: tuple[str, ...]
     end: datetime
     """End of the simulated data: the last closed 15-minute window's end."""
+    history_start: datetime | None = None
+    """RUNHUB_PARTITIONS_START as a deployment running since then has it (--partitions-start)."""
 
     @property
     def data_start(self) -> datetime:
@@ -77,7 +80,7 @@ class Plan:
 
     @property
     def partitions_start(self) -> datetime:
-        return self.data_start - timedelta(days=1)
+        return self.history_start or self.data_start - timedelta(days=1)
 
     @property
     def tick_windows(self) -> int:
@@ -437,11 +440,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=PARTS, action="append", help="measure only these parts (repeatable)"
     )
+    parser.add_argument(
+        "--partitions-start",
+        type=_window_boundary,
+        help="RUNHUB_PARTITIONS_START, e.g. 2026-01-01T00:00Z (the default of `runhub`): measure"
+        " a deployment with that much window history; default one day before the data",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     return args
+
+
+def _window_boundary(text: str) -> datetime:
+    try:
+        moment = parse_utc(text)
+    except SettingsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if moment != floor_window(moment):
+        raise argparse.ArgumentTypeError(f"not on a 15-minute boundary: {text}")
+    return moment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,11 +473,20 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         parts=tuple(args.only or PARTS),
         end=floor_window(now),
+        history_start=args.partitions_start,
     )
+    if plan.partitions_start > plan.data_start:
+        print(
+            f"bench: --partitions-start {plan.partitions_start:%Y-%m-%dT%H:%MZ} is after the"
+            f" data start {plan.data_start:%Y-%m-%dT%H:%MZ}",
+            file=sys.stderr,
+        )
+        return 2
     results = Results()
     note(
         f"bench: scale {plan.scale.name}, repeat {plan.repeat}, instance {plan.instance},"
-        f" parts {', '.join(plan.parts)}; data ends {plan.end:%Y-%m-%d %H:%M}Z"
+        f" parts {', '.join(plan.parts)}; data ends {plan.end:%Y-%m-%d %H:%M}Z;"
+        f" partitions start {plan.partitions_start:%Y-%m-%d %H:%M}Z"
     )
     if {"tick", "backfill", "memory"} & set(plan.parts):
         run_1x(plan, results)
@@ -471,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": dataclasses.asdict(plan.scale),
         "repeat": plan.repeat,
         "instance": plan.instance,
+        "partitions_start": plan.partitions_start.isoformat(),
         "machine": f"{platform.node()} {platform.machine()}, {platform.python_version()}",
         "started": now.isoformat(),
         "workload": results.workload,
@@ -480,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"scale {plan.scale.name} ({plan.scale.projects} projects x {plan.scale.days} days,"
-        f" --events-per-day {plan.scale.events_per_day}), Dagster instance {plan.instance}"
+        f" --events-per-day {plan.scale.events_per_day}), Dagster instance {plan.instance},"
+        f" partitions start {plan.partitions_start:%Y-%m-%d %H:%M}Z"
     )
     print(table(found, plan.repeat))
     if args.json_path:

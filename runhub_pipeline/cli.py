@@ -205,6 +205,14 @@ def run_backfill(settings: Settings, start: datetime, end: datetime) -> RunOutco
             f"--start {start.isoformat()} is before RUNHUB_PARTITIONS_START"
             f" {settings.partitions_start.isoformat()}"
         )
+    closed = floor_to_window(utc_now())
+    if end > closed:
+        # A window is read once, after it closes: reading an open one would stage part of it
+        # and move the watermark T past the present.
+        raise CliError(
+            f"--end {end.isoformat()} is after the end of the last closed window"
+            f" {closed.isoformat()}"
+        )
     last = floor_to_window(end - timedelta(microseconds=1))
     windows = int((last - first) / WINDOW) + 1
     print(

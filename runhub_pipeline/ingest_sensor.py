@@ -11,7 +11,7 @@ from datetime import datetime
 import dagster as dg
 
 from runhub_pipeline.assets.ingest import late_windows, ledger_window_counts, source_window_counts
-from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition_key
+from runhub_pipeline.partitions import partition_key, window_run_selection
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse, WarehouseNotBuiltError, utc_now
 from runhub_pipeline.settings import WINDOW, Settings, floor_to_window
@@ -71,11 +71,9 @@ def build_ingest_sensor(settings: Settings, job_name: str) -> dg.SensorDefinitio
         requests = []
         if plan.due_first is not None and plan.due_last is not None:
             first, last = partition_key(plan.due_first), partition_key(plan.due_last)
+            key, tags = window_run_selection(first, last)
             requests.append(
-                dg.RunRequest(
-                    run_key=f"ingest:{first}:{last}",
-                    tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
-                )
+                dg.RunRequest(run_key=f"ingest:{first}:{last}", partition_key=key, tags=tags)
             )
         for window in plan.late:
             key = partition_key(window)

@@ -16,7 +16,7 @@ import dagster as dg
 import yaml
 
 from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
-from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition_key
+from runhub_pipeline.partitions import partition_key, window_run_selection
 from runhub_pipeline.settings import Settings, path_problem
 
 if TYPE_CHECKING:  # dagster's own error record, from the package dagster depends on
@@ -105,13 +105,12 @@ def execute_window_range(
     """One run over the windows whose starts are `first_window` .. `last_window` (inclusive)."""
     definitions = build_definitions(settings)
     job = definitions.resolve_job_def(WINDOW_JOB)
+    key, tags = window_run_selection(partition_key(first_window), partition_key(last_window))
     with dagster_instance(settings) as instance:
         result = job.execute_in_process(
             instance=instance,
-            tags={
-                RANGE_START_TAG: partition_key(first_window),
-                RANGE_END_TAG: partition_key(last_window),
-            },
+            partition_key=key,
+            tags=tags,
             raise_on_error=False,
             run_config=QUIET_LOGS,
         )

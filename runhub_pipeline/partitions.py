@@ -30,3 +30,19 @@ def partition_key(window_start: datetime) -> str:
 
 def window_start_of(key: str) -> datetime:
     return datetime.strptime(key, PARTITION_KEY_FORMAT).replace(tzinfo=UTC)
+
+
+def window_run_selection(first_key: str, last_key: str) -> tuple[str | None, dict[str, str]]:
+    """How a run of the windows `first_key` .. `last_key` names them: (partition key, tags).
+
+    One window is a single-partition run, more are a range run (the range tags). The difference
+    matters to Dagster's cost, not to the assets, which read `partition_time_window` either way: in
+    a range run, every check op looks up its targets' latest materialization through their data
+    versions, and to do so lists every window from RUNHUB_PARTITIONS_START to now for each
+    partitioned table it checks (0.27 s per table at 32,000 windows, 10 tables a run; BENCHMARKS.md,
+    "window history"), a cost that grows with the deployment's age. In a single-partition run it
+    asks for the materialization of that window only.
+    """
+    if first_key == last_key:
+        return first_key, {}
+    return None, {RANGE_START_TAG: first_key, RANGE_END_TAG: last_key}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import psycopg
@@ -14,9 +15,11 @@ from bench.backfill import copy_limit_sql
 from bench.memory import PeakRss
 from bench.meter import metered
 from bench.report import Figure, table
+from bench.run import Plan, main, parse_args
 from bench.runlog import run_timings
 from bench.sensor_tick import load_sensor_data
 from bench.tick import run_rollup
+from bench.workload import SCALES
 from runhub_pipeline.resources.app_db import AppDatabase, SourceReader
 
 END = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -79,3 +82,31 @@ def test_the_table_shows_each_median_beside_its_target() -> None:
     printed = table(figures, repeat=3)
     assert "4.000 s" in printed and "ok" in printed and "MISSED" not in printed
     assert printed.splitlines()[3].split()[1:3] == ["launch", "1.000"]
+
+
+def test_partitions_start_is_one_day_before_the_data_unless_given() -> None:
+    plan = Plan(SCALES["tiny"], 1, "postgres", 42, ("tick",), END)
+    assert plan.partitions_start == plan.data_start - timedelta(days=1)
+    history = datetime(2026, 1, 1, tzinfo=UTC)
+    assert dataclasses.replace(plan, history_start=history).partitions_start == history
+    assert parse_args(["--partitions-start", "2026-01-01T00:00Z"]).partitions_start == history
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("2026-01-01T00:05Z", "not on a 15-minute boundary"), ("soon", "not an ISO-8601 time")],
+)
+def test_a_bad_partitions_start_is_refused_in_one_line(
+    value: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--partitions-start", value])
+    assert exit_info.value.code == 2
+    assert reason in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_partitions_start_after_the_data_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--scale", "tiny", "--partitions-start", "2099-01-01T00:00Z"]) == 2
+    assert "is after the data start" in capsys.readouterr().err

@@ -146,6 +146,10 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
         "backfill", "--start", "2026-03-02T00:00Z", "--end", "2026-03-01T00:00Z", env=env
     )
     assert_one_line_error(backwards, "after --start")
+    not_closed = runhub(
+        "backfill", "--start", "2026-03-01T00:00Z", "--end", "2099-01-01T00:00Z", env=env
+    )
+    assert_one_line_error(not_closed, "after the end of the last closed window")
     bad_time = runhub("backfill", "--start", "yesterday", "--end", "2026-03-01T00:00Z", env=env)
     assert bad_time.returncode == 2 and "ISO-8601" in bad_time.stderr
     bad_setting = runhub("init", env={**env, "RUNHUB_INGEST_LAG": "soon"})

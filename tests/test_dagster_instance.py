@@ -17,8 +17,11 @@ import pytest
 
 from runhub_pipeline.instance import PooledDagsterInstance
 from runhub_pipeline.orchestration import dagster_instance, execute_window_range
+from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG
 from runhub_pipeline.settings import Settings
 from tests.factories import business_event, insert_rows, project, utc
+
+PARTITION_TAG = "dagster/partition"  # the run tag of a single-partition run
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(sys.executable).parent / "dagster")
@@ -50,6 +53,9 @@ def test_backfill_is_recorded_in_the_embedded_instance(sqlite_app_db, tmp_path: 
     with dagster_instance(settings) as instance:
         run = instance.get_run_by_id(outcome.run_id)
         assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+        # One window is a single-partition run (README, Partitions: what a range run costs).
+        assert run.tags.get(PARTITION_TAG) == "2026-03-01-10:00"
+        assert not {RANGE_START_TAG, RANGE_END_TAG} & set(run.tags)
         materialization = instance.get_latest_materialization_event(
             dg.AssetKey("stg_business_events")
         )
@@ -143,6 +149,12 @@ def test_a_window_range_runs_on_the_production_instance(
     assert sessions_during < 150, sessions_during
     with dagster_instance(settings) as instance:
         assert isinstance(instance, PooledDagsterInstance)
+        run = instance.get_run_by_id(outcome.run_id)
+        assert run is not None and PARTITION_TAG not in run.tags
+        assert (run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG]) == (
+            "2026-03-01-10:00",
+            "2026-03-01-10:45",
+        )
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         for table in ("stg_business_events", "business_kpi_daily", "app_business_kpi_daily"):
             assert instance.get_materialized_partitions(dg.AssetKey(table)) == {

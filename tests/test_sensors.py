@@ -578,6 +578,7 @@ def test_the_ingest_sensor_rereads_exactly_the_window_of_a_late_commit(
     due = only_request()
     next_key = "2026-03-30-11:30"
     assert (windows_of(due), due.run_key) == ((next_key, next_key), f"ingest:{next_key}:{next_key}")
+    assert due.partition_key == next_key  # a single-partition run, not a range of one
     assert only_request().run_key == due.run_key
 
 

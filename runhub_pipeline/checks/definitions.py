@@ -5,12 +5,12 @@ read-only snapshot connection. A blocking check that fails with ERROR severity f
 Dagster then skips every asset downstream of the table in the same run (the marts, the serving
 publish). The send sensors learn of it through `checks.status`.
 
-The checks are not partitioned: the window job runs every window range, even a single window,
-as a range run (range tags), and Dagster 1.13 records the evaluations of such a run without a
-partition whether or not the check is partitioned (partitioned checks are a preview). Each check
-reads the run's window range from `context.partition_time_window`, which spans the whole range of
-a single-run backfill, and checks that range. Dagster also leaves one "planned" execution row per
-window of a range run unresolved beside the evaluation; `status` and `summary` skip over them.
+The checks are not partitioned (partitioned checks are a preview in Dagster 1.13), so Dagster
+records their evaluations without a partition. The window job runs one window as a
+single-partition run and more as a range run (`partitions.window_run_selection`); each check reads
+the run's windows from `context.partition_time_window`, which spans the whole range of a single-run
+backfill, and checks them. Dagster also leaves one "planned" execution row per window of a range
+run unresolved beside the evaluation; `status` and `summary` skip over them.
 
 Checks that judge only the run's scope (`CheckRule.scoped`) also re-check the scopes their previous
 evaluation failed on (`rechecks`), so a bad window keeps failing until a run re-covers it and
