@@ -19,8 +19,12 @@ $(STAMP): requirements.lock pyproject.toml
 demo: venv
 	$(BIN)/runhub demo
 
+# Two workers (pytest-xdist) on the two cores of the CI machine; worksteal hands a test to whichever
+# worker is free, so the minutes-long kill -9 tests of one file do not queue behind each other.
+PYTEST_ARGS ?= -n 2 --dist worksteal
+
 test: venv lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
