@@ -45,14 +45,10 @@ from bench.workload import (
     run_runhub,
     throwaway_database,
 )
-from runhub_pipeline.settings import SettingsError, parse_utc
+from runhub_pipeline.settings import SettingsError, floor_to_window, parse_utc
 
 PARTS = ("tick", "backfill", "memory", "sensors", "send")
 SERVING_TABLES = ("business_kpi_daily", "runhub_publish_log")
-
-
-def floor_window(moment: datetime) -> datetime:
-    return moment.replace(minute=moment.minute - moment.minute % 15, second=0, microsecond=0)
 
 
 def reset_serving(url: str) -> None:
@@ -71,7 +67,7 @@ class Plan:
     parts: tuple[str, ...]
     end: datetime
     """End of the simulated data: the last closed 15-minute window's end."""
-    history_start: datetime | None = None
+    requested_partitions_start: datetime | None = None
     """RUNHUB_PARTITIONS_START as a deployment running since then has it (--partitions-start)."""
 
     @property
@@ -80,7 +76,7 @@ class Plan:
 
     @property
     def partitions_start(self) -> datetime:
-        return self.history_start or self.data_start - timedelta(days=1)
+        return self.requested_partitions_start or self.data_start - timedelta(days=1)
 
     @property
     def tick_windows(self) -> int:
@@ -458,7 +454,7 @@ def _window_boundary(text: str) -> datetime:
         moment = parse_utc(text)
     except SettingsError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    if moment != floor_window(moment):
+    if moment != floor_to_window(moment):
         raise argparse.ArgumentTypeError(f"not on a 15-minute boundary: {text}")
     return moment
 
@@ -472,8 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         instance=args.instance,
         seed=args.seed,
         parts=tuple(args.only or PARTS),
-        end=floor_window(now),
-        history_start=args.partitions_start,
+        end=floor_to_window(now),
+        requested_partitions_start=args.partitions_start,
     )
     if plan.partitions_start > plan.data_start:
         print(

@@ -88,7 +88,7 @@ def test_partitions_start_is_one_day_before_the_data_unless_given() -> None:
     plan = Plan(SCALES["tiny"], 1, "postgres", 42, ("tick",), END)
     assert plan.partitions_start == plan.data_start - timedelta(days=1)
     history = datetime(2026, 1, 1, tzinfo=UTC)
-    assert dataclasses.replace(plan, history_start=history).partitions_start == history
+    assert dataclasses.replace(plan, requested_partitions_start=history).partitions_start == history
     assert parse_args(["--partitions-start", "2026-01-01T00:00Z"]).partitions_start == history
 
 

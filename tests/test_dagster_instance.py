@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import psycopg
@@ -27,12 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 
 
-def test_definitions_load_through_dagsters_own_loader() -> None:
+def test_definitions_load_through_dagsters_own_loader(tmp_path: Path) -> None:
     """`dagster dev` loads `[tool.dagster]`'s module; the same loader must accept it."""
     result = subprocess.run(
         [DAGSTER, "definitions", "validate"],
         cwd=REPO,
-        env={**os.environ, "RUNHUB_HOME": "/tmp/runhub-validate"},
+        env={**os.environ, "RUNHUB_HOME": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=300,
@@ -41,19 +42,33 @@ def test_definitions_load_through_dagsters_own_loader() -> None:
 
 
 @pytest.mark.slow
-def test_backfill_is_recorded_in_the_embedded_instance(sqlite_app_db, tmp_path: Path) -> None:
+def test_backfill_is_recorded_in_the_embedded_instance(
+    sqlite_app_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     insert_rows(sqlite_app_db, "projects", [project("p1")])
     at = utc("2026-03-01 10:01")
     insert_rows(sqlite_app_db, "business_events", [business_event(1, "p1", "lead_created", at, at)])
     settings = Settings.from_env(
         {"RUNHUB_HOME": str(tmp_path), "RUNHUB_APP_DB_URL": sqlite_app_db.url}
     )
+    # How many windows each listing of the partitions definition held: listing every window since
+    # RUNHUB_PARTITIONS_START is what made each run's cost grow with the deployment's age.
+    listed: list[int] = []
+    list_windows = dg.TimeWindowPartitionsDefinition.get_partition_keys
+
+    def counted(self: dg.TimeWindowPartitionsDefinition, *args: Any, **kwargs: Any) -> Any:
+        keys = list_windows(self, *args, **kwargs)
+        listed.append(len(keys))
+        return keys
+
+    monkeypatch.setattr(dg.TimeWindowPartitionsDefinition, "get_partition_keys", counted)
     outcome = execute_window_range(settings, utc("2026-03-01 10:00"), utc("2026-03-01 10:00"))
     assert outcome.success, outcome.failure
+    # One window is a single-partition run (README, Partitions): no listing of all windows.
+    assert max(listed, default=0) <= 1, listed
     with dagster_instance(settings) as instance:
         run = instance.get_run_by_id(outcome.run_id)
         assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
-        # One window is a single-partition run (README, Partitions: what a range run costs).
         assert run.tags.get(PARTITION_TAG) == "2026-03-01-10:00"
         assert not {RANGE_START_TAG, RANGE_END_TAG} & set(run.tags)
         materialization = instance.get_latest_materialization_event(
