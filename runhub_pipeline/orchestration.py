@@ -17,6 +17,7 @@ import yaml
 
 from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
 from runhub_pipeline.partitions import partition_key, window_run_selection
+from runhub_pipeline.resources.warehouse import exclusive_lock
 from runhub_pipeline.settings import Settings, path_problem
 
 if TYPE_CHECKING:  # dagster's own error record, from the package dagster depends on
@@ -58,6 +59,10 @@ PLANNED_EVENTS_SETTING = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 EVENT_BATCH_SETTING = "DAGSTER_EVENT_BATCH_SIZE"
 
 
+INSTANCE_LOCK = ".runhub-instance.lock"
+INSTANCE_LOCK_TIMEOUT_SECONDS = 300.0
+
+
 class DagsterHomeError(RuntimeError):
     """DAGSTER_HOME cannot be created or written; one line for the user."""
 
@@ -78,7 +83,15 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
             f"DAGSTER_HOME {home} is not writable: {path_problem(error)}"
         ) from None
     try:
-        return dg.DagsterInstance.from_config(str(home))
+        # Processes that start on a fresh home at once would each create the storage's tables and
+        # stamp its schema version, and all but one fail ("UNIQUE constraint failed:
+        # alembic_version.version_num"). They create the instance one at a time instead.
+        with exclusive_lock(home / INSTANCE_LOCK, INSTANCE_LOCK_TIMEOUT_SECONDS):
+            return dg.DagsterInstance.from_config(str(home))
+    except OSError as error:  # the lock file, when an existing home is read-only
+        raise DagsterHomeError(
+            f"DAGSTER_HOME {home} is not writable: {path_problem(error)}"
+        ) from None
     except (yaml.YAMLError, dg.DagsterError) as error:
         raise DagsterHomeError(
             f"{config} is not a usable Dagster instance config: {_config_problem(error)}"

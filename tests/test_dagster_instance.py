@@ -78,6 +78,30 @@ def test_backfill_is_recorded_in_the_embedded_instance(
     assert (tmp_path / "dagster" / "dagster.yaml").exists()
 
 
+@pytest.mark.slow
+def test_processes_starting_on_a_fresh_home_at_once_all_get_the_instance(tmp_path: Path) -> None:
+    """Two `runhub backfill`s started together on a new home raced to create the embedded storage:
+    all but one failed on "UNIQUE constraint failed: alembic_version.version_num" (13 of 30
+    processes, six at a time, before the instance lock)."""
+    opens_the_instance = (
+        "import sys\n"
+        "from runhub_pipeline.orchestration import dagster_instance\n"
+        "from runhub_pipeline.settings import Settings\n"
+        "with dagster_instance(Settings.from_env({'RUNHUB_HOME': sys.argv[1]})):\n"
+        "    pass\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", opens_the_instance, str(tmp_path)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 6, "\n".join(errors)
+
+
 @pytest.fixture
 def production_home(
     postgres_database_factory: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

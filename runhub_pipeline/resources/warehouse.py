@@ -64,7 +64,8 @@ def connect_utc(
 
 
 @contextmanager
-def _exclusive_lock(path: Path, timeout_seconds: float) -> Iterator[None]:
+def exclusive_lock(path: Path, timeout_seconds: float) -> Iterator[None]:
+    """Holds an advisory lock on `path` (created if missing) across processes; waits for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as handle:
         deadline = time.monotonic() + timeout_seconds
@@ -123,7 +124,7 @@ class Warehouse(dg.ConfigurableResource):
         leaves the previous state whole.
         """
         published = self.published_path
-        with _exclusive_lock(lock_path(published), WRITER_LOCK_TIMEOUT_SECONDS):
+        with exclusive_lock(lock_path(published), WRITER_LOCK_TIMEOUT_SECONDS):
             connection = connect_utc(writer_path(published), memory_limit=self.memory_limit)
             try:
                 yield connection
