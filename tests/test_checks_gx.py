@@ -205,3 +205,37 @@ def test_definitions_and_status_do_not_import_great_expectations(tmp_path: Path)
         timeout=120,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_validating_leaves_the_modules_gx_defers_unloaded_until_they_are_used(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "import sys\n"
+        "from datetime import UTC, datetime\n"
+        "import pandas as pd\n"
+        "from runhub_pipeline.checks import gx_suites\n"
+        "frame = pd.DataFrame({'source_table': ['business_events'], 'source_id': [3],\n"
+        "    'project_id': ['p1'], 'reason': ['bad_json'], 'raw': ['{}'],\n"
+        "    'ingest_window_start': [datetime(2026, 3, 4, tzinfo=UTC)]})\n"
+        "run = gx_suites.validate_rows('quarantined_events', frame, sample_rows=5,\n"
+        "    results_dir=None, run_name='r', validated_at=datetime.now(UTC))\n"
+        "assert run.evaluated > 0, run\n"
+        "loaded = [m for m in ('scipy.stats._stats_py', 'altair.vegalite') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "from great_expectations.expectations.core import (\n"
+        "    expect_column_kl_divergence_to_be_less_than as kl)\n"
+        "assert round(float(kl.stats.entropy([0.5, 0.5])), 4) == 0.6931\n"
+        "assert kl.alt.Chart.__name__ == 'Chart'\n"
+        "import scipy.stats\n"
+        "assert sys.modules['scipy.stats'].norm.cdf(0) == 0.5\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
