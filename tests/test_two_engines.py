@@ -119,11 +119,12 @@ def test_same_rows_on_duckdb_and_postgres(
     warehouse = Warehouse(path=str(tmp_path / "warehouse.duckdb"))
     ingest_and_stage(sqlite_app_db, warehouse, START, T)
     postgres = PostgresEngine(postgres_warehouse)
+    # Copied before DuckDB's refresh, which prunes the stg_changes it consumed.
+    copy_inputs(warehouse, postgres_warehouse)
 
     with warehouse.writer() as connection:
         refresh_marts(DuckDBEngine(connection), WRITE_TIME)
         refresh_platform_metrics(DuckDBEngine(connection), WRITE_TIME, WRITE_TIME)
-    copy_inputs(warehouse, postgres_warehouse)
     refresh_marts(postgres, WRITE_TIME)
     refresh_platform_metrics(postgres, WRITE_TIME, WRITE_TIME)
     assert_same_marts(warehouse, postgres)
@@ -144,10 +145,10 @@ def test_same_rows_on_duckdb_and_postgres(
     insert_rows(sqlite_app_db, "business_events", [payment])
     later = WRITE_TIME + timedelta(hours=1)
     ingest_and_stage(sqlite_app_db, warehouse, T, T + timedelta(minutes=30))
+    copy_inputs(warehouse, postgres_warehouse)
     with warehouse.writer() as connection:
         on_duckdb = refresh_marts(DuckDBEngine(connection), later)
         refresh_platform_metrics(DuckDBEngine(connection), later, later)
-    copy_inputs(warehouse, postgres_warehouse)
     on_postgres = refresh_marts(postgres, later)
     refresh_platform_metrics(postgres, later, later)
     assert on_postgres.recomputed == on_duckdb.recomputed

@@ -206,9 +206,9 @@ class MartsRefresh:
 
 _PROGRESS = "select mart, change_seq, watermark from mart_progress"
 _LAST_CHANGE = "select coalesce(max(change_seq), 0) from stg_changes"
-# Every incremental mart has consumed the changes up to $to_seq in this transaction. The rows of
-# $to_seq itself stay: staging numbers the next change max(change_seq) + 1.
-_PRUNE_CONSUMED = "delete from stg_changes where change_seq < $to_seq"
+# Every incremental mart has consumed the changes up to $to_seq in this transaction; staging
+# numbers the next change past mart_progress too (`staging.next_change_seq`), so none is reused.
+_PRUNE_CONSUMED = "delete from stg_changes where change_seq <= $to_seq"
 
 
 def _progress(engine: SqlEngine) -> tuple[int, datetime | None]:

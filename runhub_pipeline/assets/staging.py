@@ -52,8 +52,7 @@ def stage_windows(
     Runs inside the caller's transaction (see `ingest_and_stage`).
     """
     ensure_warehouse_schema(connection)
-    row = connection.execute("select coalesce(max(change_seq), 0) + 1 from stg_changes")
-    change_seq = int(row.fetchone()[0])  # type: ignore[index]
+    change_seq = next_change_seq(connection)
     params = {
         "window_start": window_start,
         "window_end": window_end,
@@ -69,6 +68,17 @@ def stage_windows(
     run_model(connection, "stg_business_events", params)
     run_model(connection, "stg_analytics_events", params)
     return _staging_summary(connection, window_start, window_end, change_seq)
+
+
+def next_change_seq(connection: duckdb.DuckDBPyConnection) -> int:
+    """The number of this staging run's changes: past every change staged or consumed, because the
+    marts prune what they consumed and a reused number would be skipped as already consumed."""
+    row = connection.execute(
+        "select greatest("
+        " (select coalesce(max(change_seq), 0) from stg_changes),"
+        " (select coalesce(max(change_seq), 0) from mart_progress)) + 1"
+    ).fetchone()
+    return int(row[0])  # type: ignore[index]
 
 
 def ingest_and_stage(
