@@ -45,7 +45,7 @@ from bench.workload import (
     run_runhub,
     throwaway_database,
 )
-from runhub_pipeline.settings import SettingsError, floor_to_window, parse_utc
+from runhub_pipeline.settings import SettingsError, floor_to_window, is_window_start, parse_utc
 
 PARTS = ("tick", "backfill", "memory", "sensors", "send")
 SERVING_TABLES = ("business_kpi_daily", "runhub_publish_log")
@@ -454,7 +454,7 @@ def _window_boundary(text: str) -> datetime:
         moment = parse_utc(text)
     except SettingsError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    if moment != floor_to_window(moment):
+    if not is_window_start(moment):
         raise argparse.ArgumentTypeError(f"not on a 15-minute boundary: {text}")
     return moment
 

@@ -22,6 +22,7 @@ import psycopg
 
 from bench.sensor_tick import SEND_PROJECT
 from bench.workload import BenchHome
+from tests.smtp_server import free_port
 
 SINK = "aiosmtpd.handlers.Sink"
 
@@ -34,17 +35,10 @@ class SendSample:
     note: str
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def smtp_sink() -> Iterator[str]:
     """aiosmtpd accepting and discarding every message; yields its smtp:// URL."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", SINK],
         stdout=subprocess.DEVNULL,

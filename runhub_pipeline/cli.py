@@ -34,6 +34,7 @@ from runhub_pipeline.settings import (
     Settings,
     SettingsError,
     floor_to_window,
+    is_window_start,
     parse_utc,
     path_problem,
 )
@@ -195,8 +196,7 @@ def _progress(message: str) -> None:
 
 def run_backfill(settings: Settings, start: datetime, end: datetime) -> RunOutcome:
     """Materialize every window starting in [start, end) and everything downstream, one run."""
-    first = floor_to_window(start)
-    if first != start:
+    if not is_window_start(start):
         raise CliError(f"--start must be on a 15-minute boundary, got {start.isoformat()}")
     if end <= start:
         raise CliError("--end must be after --start")
@@ -214,13 +214,13 @@ def run_backfill(settings: Settings, start: datetime, end: datetime) -> RunOutco
             f" {closed.isoformat()}"
         )
     last = floor_to_window(end - timedelta(microseconds=1))
-    windows = int((last - first) / WINDOW) + 1
+    windows = int((last - start) / WINDOW) + 1
     print(
         f"backfilling {windows:,} windows as one Dagster run; follow it live in the UI"
         f" (DAGSTER_HOME={settings.dagster_home} dagster dev)",
         flush=True,
     )
-    return execute_window_range(settings, first, last)
+    return execute_window_range(settings, start, last)
 
 
 def command_backfill(settings: Settings, args: argparse.Namespace) -> int:

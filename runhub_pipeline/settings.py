@@ -57,7 +57,7 @@ class Settings:
         warehouse = Path(env.get("RUNHUB_WAREHOUSE") or home / "warehouse.duckdb").expanduser()
         dagster_home = Path(env.get("DAGSTER_HOME") or home / "dagster").expanduser()
         start = parse_utc(env.get("RUNHUB_PARTITIONS_START") or DEFAULT_PARTITIONS_START)
-        if start.minute % 15 or start.second or start.microsecond:
+        if not is_window_start(start):
             raise SettingsError(
                 f"RUNHUB_PARTITIONS_START must be on a 15-minute boundary, got {start.isoformat()}"
             )
@@ -105,6 +105,11 @@ def floor_to_window(moment: datetime) -> datetime:
     """The start of the 15-minute UTC window that contains `moment`."""
     moment = moment.astimezone(UTC)
     return moment.replace(minute=moment.minute - moment.minute % 15, second=0, microsecond=0)
+
+
+def is_window_start(moment: datetime) -> bool:
+    """Whether `moment` is on a 15-minute UTC boundary, i.e. starts a window."""
+    return moment == floor_to_window(moment)
 
 
 def path_problem(error: OSError) -> str:

@@ -154,6 +154,13 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
     assert bad_time.returncode == 2 and "ISO-8601" in bad_time.stderr
     bad_setting = runhub("init", env={**env, "RUNHUB_INGEST_LAG": "soon"})
     assert_one_line_error(bad_setting, "RUNHUB_INGEST_LAG")
+    # The boundary is a UTC one: 05:50+05:45 is 00:05Z, 06:00+05:45 is 00:15Z.
+    off_grid_start = {**env, "RUNHUB_PARTITIONS_START": "2026-01-01T05:50+05:45"}
+    assert_one_line_error(runhub("init", env=off_grid_start), "15-minute boundary")
+    assert (
+        runhub("init", env={**env, "RUNHUB_PARTITIONS_START": "2026-01-01T06:00+05:45"}).returncode
+        == 0
+    )
 
 
 def test_backfill_reports_a_failed_run_in_one_line(

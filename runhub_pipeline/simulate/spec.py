@@ -8,7 +8,7 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from runhub_pipeline.settings import SettingsError, floor_to_window
+from runhub_pipeline.settings import SettingsError, is_window_start
 
 Int64s = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
@@ -74,5 +74,5 @@ def validate(spec: SimulationSpec) -> None:
         raise SimulationError("--events-per-day must not be negative")
     if not 0 <= spec.bad_rate <= 1:
         raise SimulationError("--bad-rate must be between 0 and 1")
-    if spec.end.tzinfo is None or spec.end != floor_to_window(spec.end):
+    if spec.end.tzinfo is None or not is_window_start(spec.end):
         raise SimulationError(f"--end must be an aware time on a 15-minute boundary: {spec.end}")
