@@ -15,7 +15,7 @@ from runhub_pipeline.assets.marts import DuckDBEngine, MartsRefresh, refresh_mar
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse
 from runhub_pipeline.simulate import SimulationSpec, simulate
-from tests.factories import business_event, ingest_and_stage, insert_rows, utc
+from tests.factories import analytics_event, business_event, ingest_and_stage, insert_rows, utc
 from tests.test_marts_golden import (
     START,
     WRITE_TIME,
@@ -136,6 +136,29 @@ def test_late_event_recomputes_only_its_day(sqlite_app_db: AppDatabase, tmp_path
     assert refresh.recomputed["business_kpi_daily"] == 1
     after = _kpi_updated_at(warehouse)
     assert {key for key in after if after[key] != before.get(key)} == {("berlin", "2026-03-28")}
+    scratch = _from_scratch(sqlite_app_db, tmp_path / "scratch.duckdb", T + QUARTER)
+    assert all_mart_contents(warehouse) == all_mart_contents(scratch)
+
+
+def test_late_page_views_recompute_each_local_day_they_fall_on(
+    sqlite_app_db: AppDatabase, tmp_path: Path
+) -> None:
+    """Analytics changes are kept per (project, local day): two page views of one UTC day fall on
+    two of ktm's local days (+05:45), and both days are recomputed."""
+    warehouse = _golden_incremental(sqlite_app_db, tmp_path)
+    before = _kpi_updated_at(warehouse)
+    views = [
+        analytics_event(
+            event_id, "ktm", "page_view", f"late{event_id}", utc(occurred_at), T + QUARTER / 3
+        )
+        for event_id, occurred_at in ((9001, "2026-03-30 10:00"), (9002, "2026-03-30 20:00"))
+    ]
+    insert_rows(sqlite_app_db, "inhouse_analytics_events", views)
+    ingest_and_stage(sqlite_app_db, warehouse, T, T + QUARTER)
+    _refresh(warehouse)
+    after = _kpi_updated_at(warehouse)
+    changed = {key for key in after if after[key] != before.get(key)}
+    assert changed == {("ktm", "2026-03-30"), ("ktm", "2026-03-31")}
     scratch = _from_scratch(sqlite_app_db, tmp_path / "scratch.duckdb", T + QUARTER)
     assert all_mart_contents(warehouse) == all_mart_contents(scratch)
 

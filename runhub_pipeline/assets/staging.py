@@ -38,7 +38,9 @@ class StagingResult:
     staged: dict[str, int]
     duplicates: int
     quarantined: dict[str, int]
-    changed_events: int
+    # Rows this run added to stg_changes: a (project, instant) per changed business event, a
+    # (project, local day) per day with changed analytics events.
+    changes: int
 
 
 def stage_windows(
@@ -111,7 +113,7 @@ def _staging_summary(
         staged={r[0]: int(r[1]) for r in rows},
         duplicates=sum(int(r[2]) for r in rows),
         quarantined={r[0]: int(r[3]) for r in rows},
-        changed_events=int(changed[0]) if changed else 0,
+        changes=int(changed[0]) if changed else 0,
     )
 
 
@@ -189,7 +191,7 @@ def build_staging_assets(
             "staged_analytics_events": staged.staged.get("inhouse_analytics_events", 0),
             "duplicates": staged.duplicates,
             "quarantined": sum(staged.quarantined.values()),
-            "changed_events": staged.changed_events,
+            "changes_for_marts": staged.changes,
             **{f"app_{table}_rows_read": rows for table, rows in ingested.app_table_rows.items()},
         }
         for key in STAGING_ASSET_KEYS:
