@@ -64,7 +64,7 @@ insert into stg_analytics_events select * from _stg_new;
 
 -- Rows that appeared, disappeared or changed, both versions of a changed one (an unchanged row
 -- re-staged is no change). Joined on the grain, event_id: a set EXCEPT of whole rows hashed every
--- column of every row, 3.8 s of a 30-day medium backfill against 0.1 s.
+-- column of every row, old and new, though a fresh window has no old rows to compare with.
 create or replace temporary table _stg_diff as
 select
     o.event_id as old_event_id, o.project_id as old_project_id, o.occurred_at as old_occurred_at,
