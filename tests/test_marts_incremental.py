@@ -163,6 +163,35 @@ def test_late_page_views_recompute_each_local_day_they_fall_on(
     assert all_mart_contents(warehouse) == all_mart_contents(scratch)
 
 
+def _ktm_revenue_on_march_30(warehouse: Warehouse) -> int:
+    with warehouse.reader() as connection:
+        row = connection.execute(
+            "select revenue_cents from business_kpi_daily"
+            " where project_id = 'ktm' and day = '2026-03-30'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_source_row_corrected_in_place_is_a_change_when_its_window_is_staged_again(
+    sqlite_app_db: AppDatabase, tmp_path: Path
+) -> None:
+    """Same event_id, other values: staging compares whole rows, not only which ids are there."""
+    warehouse = _golden_incremental(sqlite_app_db, tmp_path)
+    before = _kpi_updated_at(warehouse)
+    revenue_before = _ktm_revenue_on_march_30(warehouse)
+    # ktm's payment 203 (2026-03-29 18:20Z, local 2026-03-30 00:05) corrected from 3000 to 3500.
+    with sqlite_app_db.begin() as connection:
+        connection.execute(sa.text("update business_events set amount_cents = 3500 where id = 203"))
+    ingest_and_stage(sqlite_app_db, warehouse, START, T)
+    _refresh(warehouse)
+    after = _kpi_updated_at(warehouse)
+    assert {key for key in after if after[key] != before.get(key)} == {("ktm", "2026-03-30")}
+    assert _ktm_revenue_on_march_30(warehouse) == revenue_before + 500
+    scratch = _from_scratch(sqlite_app_db, tmp_path / "scratch.duckdb", T)
+    assert all_mart_contents(warehouse) == all_mart_contents(scratch)
+
+
 def test_late_payment_recovers_an_earlier_checkout(
     sqlite_app_db: AppDatabase, tmp_path: Path
 ) -> None:

@@ -43,6 +43,16 @@ class StagingResult:
     changes: int
 
 
+# Each staged event table's model and the grain of its stg_changes rows: business changes keep
+# their instant (fct_checkouts matches payments to checkouts by time), analytics changes are read
+# only by local day (business_kpi_daily), and one row per event made a 30-day backfill write
+# 6.7 million of them.
+_STAGED_EVENT_MODELS = {
+    "business_events": ("stg_business_events", False),
+    "inhouse_analytics_events": ("stg_analytics_events", True),
+}
+
+
 def stage_windows(
     connection: duckdb.DuckDBPyConnection,
     window_start: datetime,
@@ -67,8 +77,10 @@ def stage_windows(
             connection, "ingest_ledger", {**params, "source_table": table}, raw_table=raw_table
         )
     run_model(connection, "stg_projects", params)
-    run_model(connection, "stg_business_events", params)
-    run_model(connection, "stg_analytics_events", params)
+    for table, (model, per_local_day) in _STAGED_EVENT_MODELS.items():
+        run_model(connection, model, params)
+        changes = {**params, "source_table": table}
+        run_model(connection, "stg_event_changes", changes, per_local_day=per_local_day)
     return _staging_summary(connection, window_start, window_end, change_seq)
 
 

@@ -37,8 +37,8 @@ RESULTS_IN_DOCS_PER_SUITE = 24
 _RESULT_NAME_FORMAT = "%Y%m%dT%H%M%S%fZ"
 
 # GX imports these at import time for one expectation no suite here uses (KL divergence); they are
-# about half of GX's import (2.3-2.8 s of 4.5-5.2 s on the CI machine). The daemon starts a new
-# process for every run, so every tick paid for them. They now load at their first use.
+# about half of GX's import time (`python -X importtime`, see BENCHMARKS.md). The daemon starts a
+# new process for every run, so every tick paid for them. They now load at their first use.
 _MODULES_GX_DEFERS = ("scipy.stats", "altair")
 
 

@@ -1,6 +1,7 @@
 -- stg_analytics_events: one row per staged in-house analytics event, grain event_id, time column
--- occurred_at; also writes this table's rows of quarantined_events, stg_changes and
--- ingest_ledger. Runs inside one transaction for the ingest windows [$window_start, $window_end).
+-- occurred_at; also writes this table's rows of quarantined_events and ingest_ledger, and leaves
+-- _stg_old and _stg_new for stg_event_changes. Runs inside one transaction for the ingest windows
+-- [$window_start, $window_end).
 -- Analytics events carry no idempotency key, so none is a duplicate. Rules: CONTRACT §4.
 
 create or replace temporary table _analytics_classified as
@@ -61,39 +62,6 @@ delete from stg_analytics_events
 where ingest_window_start >= $window_start and ingest_window_start < $window_end;
 
 insert into stg_analytics_events select * from _stg_new;
-
--- Rows that appeared, disappeared or changed, both versions of a changed one (an unchanged row
--- re-staged is no change). Joined on the grain, event_id: a set EXCEPT of whole rows hashed every
--- column of every row, old and new, though a fresh window has no old rows to compare with.
-create or replace temporary table _stg_diff as
-select
-    o.event_id as old_event_id, o.project_id as old_project_id, o.occurred_at as old_occurred_at,
-    n.event_id as new_event_id, n.project_id as new_project_id, n.occurred_at as new_occurred_at
-from _stg_old as o
-full join _stg_new as n on n.event_id = o.event_id
--- A table alias is its whole row: rows compare column by column, NULLs as equal.
-where o is distinct from n;
-
--- One change per (project, local day) touched: the marts read analytics changes only for the day
--- (business_kpi_daily), and any instant of the day names it under the same stg_projects. A row per
--- event made a 30-day backfill write 6.7 million of them.
-insert into stg_changes (change_seq, source_table, project_id, occurred_at)
-select
-    $change_seq as change_seq,
-    'inhouse_analytics_events' as source_table,
-    d.project_id,
-    min(d.occurred_at) as occurred_at
-from (
-    select x.old_project_id as project_id, x.old_occurred_at as occurred_at
-    from _stg_diff as x
-    where x.old_event_id is not null
-    union all
-    select x.new_project_id as project_id, x.new_occurred_at as occurred_at
-    from _stg_diff as x
-    where x.new_event_id is not null
-) as d
-left join stg_projects as p on p.project_id = d.project_id
-group by d.project_id, cast(d.occurred_at at time zone coalesce(p.timezone, 'UTC') as date);
 
 update ingest_ledger as l
 set

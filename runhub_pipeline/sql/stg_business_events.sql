@@ -1,6 +1,7 @@
 -- stg_business_events: one row per staged business event (the kept copy of each idempotency key),
 -- grain event_id, time column occurred_at; also writes this table's rows of quarantined_events,
--- int_business_events_passed (the dedupe pool), stg_changes and ingest_ledger.
+-- int_business_events_passed (the dedupe pool) and ingest_ledger, and leaves _stg_old and _stg_new
+-- for stg_event_changes.
 -- Runs inside one transaction for the ingest windows [$window_start, $window_end).
 -- Rules: CONTRACT §4. The first failing quarantine rule is the reason.
 
@@ -135,30 +136,6 @@ delete from stg_business_events as s
 where s.event_id in (select o.event_id from _stg_old as o);
 
 insert into stg_business_events select * from _stg_new;
-
--- Rows that appeared, disappeared or changed, both versions of a changed one (an unchanged row
--- re-staged is no change), joined on the grain, event_id, as in stg_analytics_events.
-create or replace temporary table _stg_diff as
-select
-    o.event_id as old_event_id, o.project_id as old_project_id, o.occurred_at as old_occurred_at,
-    n.event_id as new_event_id, n.project_id as new_project_id, n.occurred_at as new_occurred_at
-from _stg_old as o
-full join _stg_new as n on n.event_id = o.event_id
--- A table alias is its whole row: rows compare column by column, NULLs as equal.
-where o is distinct from n;
-
--- fct_checkouts matches changed payments to checkouts by time: business changes keep the instant.
-insert into stg_changes (change_seq, source_table, project_id, occurred_at)
-select distinct $change_seq as change_seq, 'business_events' as source_table, d.project_id, d.occurred_at
-from (
-    select x.old_project_id as project_id, x.old_occurred_at as occurred_at
-    from _stg_diff as x
-    where x.old_event_id is not null
-    union all
-    select x.new_project_id as project_id, x.new_occurred_at as occurred_at
-    from _stg_diff as x
-    where x.new_event_id is not null
-) as d;
 
 -- Ledger rows of every window whose counts may have moved: these windows and the windows of any
 -- copy of an affected key.
