@@ -75,20 +75,15 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     config = home / "dagster.yaml"
     try:
         home.mkdir(parents=True, exist_ok=True)
-        if not config.exists():
-            config.write_text(EMBEDDED_DAGSTER_YAML)
+        # Processes that start on a fresh home at once would each write the config, create the
+        # storage's tables and stamp its schema version, and all but one fail ("UNIQUE constraint
+        # failed: alembic_version.version_num"). They set the home up one at a time instead.
+        with exclusive_lock(home / INSTANCE_LOCK, INSTANCE_LOCK_TIMEOUT_SECONDS):
+            if not config.exists():
+                config.write_text(EMBEDDED_DAGSTER_YAML)
+            return dg.DagsterInstance.from_config(str(home))
     except OSError as error:
         # DAGSTER_HOME may live outside RUNHUB_HOME, so the CLI's home check does not cover it.
-        raise DagsterHomeError(
-            f"DAGSTER_HOME {home} is not writable: {path_problem(error)}"
-        ) from None
-    try:
-        # Processes that start on a fresh home at once would each create the storage's tables and
-        # stamp its schema version, and all but one fail ("UNIQUE constraint failed:
-        # alembic_version.version_num"). They create the instance one at a time instead.
-        with exclusive_lock(home / INSTANCE_LOCK, INSTANCE_LOCK_TIMEOUT_SECONDS):
-            return dg.DagsterInstance.from_config(str(home))
-    except OSError as error:  # the lock file, when an existing home is read-only
         raise DagsterHomeError(
             f"DAGSTER_HOME {home} is not writable: {path_problem(error)}"
         ) from None

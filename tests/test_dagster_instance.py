@@ -81,8 +81,7 @@ def test_backfill_is_recorded_in_the_embedded_instance(
 @pytest.mark.slow
 def test_processes_starting_on_a_fresh_home_at_once_all_get_the_instance(tmp_path: Path) -> None:
     """Two `runhub backfill`s started together on a new home raced to create the embedded storage:
-    all but one failed on "UNIQUE constraint failed: alembic_version.version_num" (13 of 30
-    processes, six at a time, before the instance lock)."""
+    all but one failed on "UNIQUE constraint failed: alembic_version.version_num"."""
     opens_the_instance = (
         "import sys\n"
         "from runhub_pipeline.orchestration import dagster_instance\n"
