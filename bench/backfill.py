@@ -62,7 +62,7 @@ def copy_limit_sql(start: datetime, end: datetime) -> str:
     selects = {
         table: source_query(table) for table in ("business_events", "inhouse_analytics_events")
     }
-    widths = {table: len(EVENT_SOURCES[table][1]) for table in selects}
+    widths = {table: len(EVENT_SOURCES[table].columns) for table in selects}
     width = max(widths.values())
     parts = []
     for table, sql in selects.items():

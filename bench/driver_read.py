@@ -45,8 +45,7 @@ from generate_series(1, %s) as g
 def source_query(table: str) -> str:
     """What ingestion reads from an event table, unwindowed: id, received_at, the rest as text."""
     app_db = AppDatabase(url="postgresql://unused/x")
-    _, columns = EVENT_SOURCES[table]
-    return source_select(app_db, table, columns, "all").replace(
+    return source_select(app_db, table, EVENT_SOURCES[table].columns, "all").replace(
         "select\n", "select id, received_at,\n", 1
     )
 

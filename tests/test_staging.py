@@ -221,7 +221,7 @@ def test_a_windowed_postgres_read_streams_in_bounded_batches(postgres_app_db: Ap
         " timestamptz '2026-03-01 10:00Z' + g * interval '1 millisecond', 'k' || g"
         " from generate_series(1, 400000) as g"
     )
-    _, columns = EVENT_SOURCES["business_events"]
+    columns = EVENT_SOURCES["business_events"].columns
     sql = source_select(postgres_app_db, "business_events", columns, "window")
     bounds = [window_bound(postgres_app_db, W0), window_bound(postgres_app_db, W1)]
     with postgres_app_db.source_reader() as reader:

@@ -38,9 +38,24 @@ import pyarrow as pa
 from runhub_pipeline.models import render_model, run_model, statements_of
 from runhub_pipeline.resources.app_db import AppDatabase, SourceReader
 
-# Per source table: (warehouse raw table, columns after id/received_at). Constants, never input.
-EVENT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "business_events": (
+
+@dataclass(frozen=True)
+class EventSource:
+    """An app event table, read by 15-minute `received_at` windows and staged by its own model."""
+
+    raw_table: str
+    # Read after id and received_at, every one as text: normalizing is staging's job.
+    columns: tuple[str, ...]
+    staging_model: str
+    # The grain of its stg_changes rows: business changes keep their instant (fct_checkouts
+    # matches payments to checkouts by time); analytics changes are read only by local day
+    # (business_kpi_daily), and one row per event made a 30-day backfill write 6.7 million.
+    changes_per_local_day: bool
+
+
+# Constants, never input: table and column names are spliced into SQL.
+EVENT_SOURCES: dict[str, EventSource] = {
+    "business_events": EventSource(
         "raw_business_events",
         (
             "project_id",
@@ -53,10 +68,14 @@ EVENT_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
             "currency",
             "payload",
         ),
+        staging_model="stg_business_events",
+        changes_per_local_day=False,
     ),
-    "inhouse_analytics_events": (
+    "inhouse_analytics_events": EventSource(
         "raw_analytics_events",
         ("project_id", "event_name", "session_id", "anonymous_id", "path", "occurred_at"),
+        staging_model="stg_analytics_events",
+        changes_per_local_day=True,
     ),
 }
 
@@ -256,11 +275,15 @@ def ingest_windows(
     window = [window_bound(app_db, window_start), window_bound(app_db, window_end)]
     counts: dict[str, int] = {}
     with app_db.source_reader() as reader:
-        for table, (raw_table, columns) in EVENT_SOURCES.items():
-            run_model(connection, "raw_events_delete", bounds, raw_table=raw_table)
-            sql = source_select(app_db, table, columns, "window")
+        for table, source in EVENT_SOURCES.items():
+            run_model(connection, "raw_events_delete", bounds, raw_table=source.raw_table)
+            sql = source_select(app_db, table, source.columns, "window")
             counts[table] = _insert_source_rows(
-                connection, reader.batches(sql, window), "raw_events", raw_table, columns
+                connection,
+                reader.batches(sql, window),
+                "raw_events",
+                source.raw_table,
+                source.columns,
             )
         app_table_rows = refresh_app_tables(app_db, reader, connection)
     windows = int((window_end - window_start).total_seconds() // 900)
@@ -332,7 +355,7 @@ def _read_app_table(
 
 
 RAW_ASSET_KEYS = (
-    *(raw_table for raw_table, _ in EVENT_SOURCES.values()),
+    *(source.raw_table for source in EVENT_SOURCES.values()),
     *(source.raw_table for source in SNAPSHOT_SOURCES.values()),
 )
 
@@ -349,7 +372,7 @@ RAW_DESCRIPTIONS = {
     " each run (PostgreSQL: only the rows changed since the last run are read).",
 }
 RAW_SOURCES = {
-    **{raw_table: table for table, (raw_table, _) in EVENT_SOURCES.items()},
+    **{source.raw_table: table for table, source in EVENT_SOURCES.items()},
     **{source.raw_table: table for table, source in SNAPSHOT_SOURCES.items()},
 }
 

@@ -43,16 +43,6 @@ class StagingResult:
     changes: int
 
 
-# Each staged event table's model and the grain of its stg_changes rows: business changes keep
-# their instant (fct_checkouts matches payments to checkouts by time), analytics changes are read
-# only by local day (business_kpi_daily), and one row per event made a 30-day backfill write
-# 6.7 million of them.
-_STAGED_EVENT_MODELS = {
-    "business_events": ("stg_business_events", False),
-    "inhouse_analytics_events": ("stg_analytics_events", True),
-}
-
-
 def stage_windows(
     connection: duckdb.DuckDBPyConnection,
     window_start: datetime,
@@ -72,15 +62,22 @@ def stage_windows(
         "change_seq": change_seq,
         "valid_timezones": valid_timezones(),
     }
-    for table, (raw_table, _) in EVENT_SOURCES.items():
+    for table, source in EVENT_SOURCES.items():
         run_model(
-            connection, "ingest_ledger", {**params, "source_table": table}, raw_table=raw_table
+            connection,
+            "ingest_ledger",
+            {**params, "source_table": table},
+            raw_table=source.raw_table,
         )
     run_model(connection, "stg_projects", params)
-    for table, (model, per_local_day) in _STAGED_EVENT_MODELS.items():
-        run_model(connection, model, params)
-        changes = {**params, "source_table": table}
-        run_model(connection, "stg_event_changes", changes, per_local_day=per_local_day)
+    for table, source in EVENT_SOURCES.items():
+        run_model(connection, source.staging_model, params)
+        run_model(
+            connection,
+            "stg_event_changes",
+            {**params, "source_table": table},
+            per_local_day=source.changes_per_local_day,
+        )
     return _staging_summary(connection, window_start, window_end, change_seq)
 
 
