@@ -122,9 +122,11 @@ def execute_window_range(
             raise_on_error=False,
             run_config=QUIET_LOGS,
         )
-        return RunOutcome(
-            success=result.success, run_id=result.run_id, failure=_first_failure(result)
-        )
+        return run_outcome(result)
+
+
+def run_outcome(result: dg.ExecuteInProcessResult) -> RunOutcome:
+    return RunOutcome(success=result.success, run_id=result.run_id, failure=_first_failure(result))
 
 
 def _step_error(error: SerializableErrorInfo) -> str:
@@ -140,9 +142,40 @@ def _step_error(error: SerializableErrorInfo) -> str:
     return line or error.cls_name or "unknown error"
 
 
+def _failed_blocking_checks(result: dg.ExecuteInProcessResult, step_key: str) -> str | None:
+    """What the step's failed blocking checks found, named as `runhub accept-check` takes them.
+
+    Dagster's own error says only how many failed on its first line and lists bare names on the
+    next ones, so a one-line report of it named no check at all.
+    """
+    evaluations = [
+        event.asset_check_evaluation_data
+        for event in result.all_events
+        if event.step_key == step_key
+        and event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    failed = [
+        evaluation
+        for evaluation in evaluations
+        if not evaluation.passed
+        and evaluation.blocking
+        and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    if not failed:
+        return None
+    return "; ".join(
+        f"blocking check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} failed"
+        + (f": {' '.join(evaluation.description.split())}" if evaluation.description else "")
+        for evaluation in failed
+    )
+
+
 def _first_failure(result: dg.ExecuteInProcessResult) -> str | None:
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data is not None:
+        if event.is_step_failure and event.step_failure_data is not None and event.step_key:
             error = event.step_failure_data.error
-            return f"step {event.step_key}: {_step_error(error) if error else 'unknown error'}"
+            cause = _failed_blocking_checks(result, event.step_key) or (
+                _step_error(error) if error else "unknown error"
+            )
+            return f"step {event.step_key}: {cause}"
     return None if result.success else "the run failed"

@@ -22,6 +22,7 @@ from runhub_pipeline.checks.definitions import build_checks, check_rules
 from runhub_pipeline.checks.status import blocking_checks_gate
 from runhub_pipeline.checks.summary import check_history, check_summary
 from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
+from runhub_pipeline.orchestration import run_outcome
 from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition_key
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.settings import Settings
@@ -121,6 +122,12 @@ def _materialized(result: dg.ExecuteInProcessResult) -> set[str]:
     }
 
 
+def _description(result: dg.ExecuteInProcessResult, check_name: str) -> str:
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == check_name]
+    assert evaluation.description
+    return evaluation.description
+
+
 def _served(app_db: AppDatabase) -> list[tuple[Any, ...]]:
     return [
         tuple(r)
@@ -143,6 +150,11 @@ def test_a_blocking_failure_holds_back_publish_and_sends(
 
     second = _run(definitions, instance, W1, W1)
     assert not second.success
+    # What `runhub backfill` prints names the check as `runhub accept-check` takes it, and why.
+    assert run_outcome(second).failure == (
+        "step check_ingest_and_stage: blocking check quarantined_events:quarantine_share failed: "
+        + _description(second, names.QUARANTINE_SHARE)
+    )
     materialized = _materialized(second)
     assert names.QUARANTINED_EVENTS in materialized
     assert names.BUSINESS_KPI_DAILY not in materialized
