@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # dagster's own error record, from the package dagster depend
 # `runhub backfill` would wait forever; the warehouse's own writer lock already makes writers take
 # turns. Production (deploy/dagster.yaml) sets the pool and runs the daemon.
 EMBEDDED_DAGSTER_YAML = """\
+instance_class:
+  module: runhub_pipeline.instance
+  class: RunhubDagsterInstance
 concurrency:
   runs:
     max_concurrent_runs: 4

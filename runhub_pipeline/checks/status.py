@@ -154,9 +154,11 @@ def execution_records(
 ) -> Iterator[Any]:
     """Every execution record of a check, newest first, read page by page.
 
-    A range run leaves one unresolved "planned" record per window beside its one evaluation, so
-    a fixed-size page may hold no evaluation at all. The first page is small: after a window run
-    the newest record is usually the evaluation, and every record read is deserialized.
+    On an instance other than `RunhubDagsterInstance` (tests' instances, a home configured
+    before it), a range run leaves one unresolved "planned" record per window beside its one
+    evaluation, so a fixed-size page may hold no evaluation at all. The first page is small:
+    after a window run the newest record is usually the evaluation, and every record read is
+    deserialized.
     """
     cursor = None
     limit = _FIRST_PAGE
