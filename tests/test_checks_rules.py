@@ -18,7 +18,7 @@ import pytest
 from runhub_pipeline.checks import names
 from runhub_pipeline.checks.core import CheckEnv, CheckOptions, CheckScope, Thresholds, render
 from runhub_pipeline.checks.definitions import CheckRule, check_rules, evaluate_safely
-from runhub_pipeline.checks.structural import table_rules
+from runhub_pipeline.checks.structural import RUN_KEYS_LOOKUP_MAX_ROWS, table_rules
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.app_schema import migrate
 from runhub_pipeline.resources.warehouse import connect_utc
@@ -501,3 +501,46 @@ def test_the_staged_grain_check_compares_the_run_s_keys_with_every_window(
         now=END + timedelta(days=1, minutes=20),
     )
     assert evaluate_safely(rule, _env(warehouse, tmp_path, later)).passed
+
+
+def test_the_staged_grain_check_of_millions_of_keys_stays_within_the_memory_limit(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A run with more source rows than `RUN_KEYS_LOOKUP_MAX_ROWS` groups the whole table instead
+    of looking its keys up: the look-up's hash table of every key cannot spill, and ran out of
+    memory on a 30-day backfill at the large bench scale. Here 2 M keys and a 32 MB limit; the
+    check still finds the copy of the run's key and ignores a copy the run did not write."""
+    rows = 2_000_000
+    assert rows > RUN_KEYS_LOOKUP_MAX_ROWS
+    warehouse.execute(
+        "insert into stg_analytics_events (event_id, ingest_window_start, received_at,"
+        " project_id, event_name, session_id, occurred_at)"
+        " select 10_000_000 + i, $w0, $w0, 'p1', 'page_view', 's' || i, $w0 from range($rows) r(i)",
+        {"w0": W0, "rows": rows},
+    )
+    warehouse.execute(
+        "update ingest_ledger set source_rows = source_rows + $rows, staged = staged + $rows"
+        " where source_table = 'inhouse_analytics_events' and window_start = $w0",
+        {"w0": W0, "rows": rows},
+    )
+    before = W0 - timedelta(days=1)
+    # A copy of one of the run's keys in an older window, and a key copied only there.
+    warehouse.execute(
+        "insert into stg_analytics_events select * replace ($before as ingest_window_start)"
+        " from stg_analytics_events where event_id = 10_000_000",
+        {"before": before},
+    )
+    warehouse.execute(
+        "insert into stg_analytics_events select * replace (90_000_000 as event_id)"
+        " from stg_analytics_events where event_id = 10_000_000 and ingest_window_start = $before",
+        {"before": before},
+    )
+    warehouse.execute(
+        "insert into stg_analytics_events select * from stg_analytics_events"
+        " where event_id = 90_000_000"
+    )
+    warehouse.execute("set memory_limit = '32MB'")
+    rule = _rule(names.STG_ANALYTICS_EVENTS, names.GRAIN_UNIQUE)
+    outcome = evaluate_safely(rule, _env(warehouse, tmp_path))
+    assert not outcome.passed
+    assert outcome.metadata["unexpected_rows"] == 1, outcome.description

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runhub_pipeline.checks import names
-from runhub_pipeline.checks.core import CheckEnv, Outcome, no_offenders, render
+from runhub_pipeline.checks.core import CheckEnv, Outcome, fetch, no_offenders, render
 from runhub_pipeline.checks.staging_rules import LEDGER_SCOPE
 from runhub_pipeline.lineage import model_table_schema
 
@@ -26,10 +26,8 @@ class TableRules:
         non_negative: counts and amounts that are never below zero.
         rates: shares that are NULL or within [0, 1].
         window_column: set on the staged event tables (millions of rows, grain one column): the
-            grain check then looks only at the keys of rows in the ingest windows the run wrote.
-            Grouping the whole table took 0.65 s of every 15-minute tick at 6.7M rows, and
-            growing; the keys of a window are compared against the whole table, so a copy in
-            any other window is still found.
+            grain check then reports only keys with a row in the ingest windows the run wrote,
+            and finds their copies in any other window (see `grain_unique`).
     """
 
     table: str
@@ -184,16 +182,42 @@ def table_rules() -> Mapping[str, TableRules]:
 _DUPLICATES = """
 select {{ grain | join(', ') }}, count(*) as copies
 from {{ table }}
-{%- if window_column %}
-where {{ grain[0] }} in (
-    select w.{{ grain[0] }}
-    from {{ table }} as w
-    where w.{{ window_column }} in (select l.window_start from ingest_ledger as l where {{ scope }})
-)
-{%- endif %}
 group by {{ grain | join(', ') }}
 having count(*) > 1
 """
+
+# Windows of the run, and how many source rows they hold (an upper bound of its keys).
+_RUN_WINDOWS = "select distinct l.window_start from ingest_ledger as l where {{ scope }}"
+_RUN_ROWS = "select coalesce(sum(l.source_rows), 0) from ingest_ledger as l where {{ scope }}"
+
+# The run's keys, looked up in the whole table: a hash table of the run's keys, which DuckDB
+# cannot spill to disk.
+_RUN_KEYS_DUPLICATES = """
+select t.{{ key }}, count(*) as copies
+from {{ table }} as t
+where t.{{ key }} in (
+    select w.{{ key }} from {{ table }} as w where w.{{ window_column }} in ({{ run_windows }})
+)
+group by t.{{ key }}
+having count(*) > 1
+"""
+
+# The whole table grouped once, keeping keys with a row in the run's windows: an aggregate, which
+# DuckDB spills to disk beyond its memory limit.
+_TABLE_DUPLICATES = """
+select t.{{ key }}, count(*) as copies
+from {{ table }} as t
+left join ({{ run_windows }}) as r on r.window_start = t.{{ window_column }}
+group by t.{{ key }}
+having count(*) > 1 and bool_or(r.window_start is not null)
+"""
+
+# Up to this many source rows in the run's windows, the grain check of a staged event table looks
+# up the run's keys (a 15-minute tick: grouping the whole table took 0.65 s of every tick at
+# 6.7 M rows, and growing); beyond it, it groups the whole table once (a 30-day backfill of
+# 60 million analytics events ran out of the 512 MB memory limit with the look-up:
+# `bench.run --scale large`, BENCHMARKS.md). Either way a copy in any other window is found.
+RUN_KEYS_LOOKUP_MAX_ROWS = 1_000_000
 
 _NULLS = """
 select {{ columns | join(', ') }}
@@ -213,15 +237,22 @@ where {% for c in columns -%}
 
 def grain_unique(env: CheckEnv, rules: TableRules) -> Outcome:
     grain = ", ".join(rules.grain)
-    if rules.window_column and len(rules.grain) != 1:
-        raise ValueError(f"{rules.table}: a window-scoped grain check needs a one-column grain")
-    sql = render(
-        _DUPLICATES,
-        table=rules.table,
-        grain=rules.grain,
-        window_column=rules.window_column,
-        scope=LEDGER_SCOPE,
-    )
+    if rules.window_column is None:
+        sql = render(_DUPLICATES, table=rules.table, grain=rules.grain)
+    else:
+        if len(rules.grain) != 1:
+            raise ValueError(f"{rules.table}: a window-scoped grain check needs a one-column grain")
+        _, rows = fetch(env.connection, render(_RUN_ROWS, scope=LEDGER_SCOPE), env.scope.params())
+        template = (
+            _RUN_KEYS_DUPLICATES if rows[0][0] <= RUN_KEYS_LOOKUP_MAX_ROWS else _TABLE_DUPLICATES
+        )
+        sql = render(
+            template,
+            table=rules.table,
+            key=rules.grain[0],
+            window_column=rules.window_column,
+            run_windows=render(_RUN_WINDOWS, scope=LEDGER_SCOPE),
+        )
     scope = f" ({env.scope.describe()}, re-staged windows)" if rules.window_column else ""
     return no_offenders(
         env,
