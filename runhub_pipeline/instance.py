@@ -12,7 +12,7 @@ Two departures from a plain DagsterInstance, each measured:
 - One planned execution per asset check and run. Dagster 1.13 gives an unpartitioned check in a
   range run the run's whole partition range (`DagsterRun.get_resolved_partitions_subset_for_events`
   returns the run's subset whatever the check's partitions), and the storage writes one
-  execution row per window, each with the serialized event: 40 checks x 2,880 windows, 39 s of a
+  execution row per window, each with the serialized event: 56 checks x 2,880 windows, 39 s of a
   30-day backfill before its first step. Run Hub's checks are unpartitioned by design (a check
   judges the run's windows as a whole, named in its metadata), so their planned events carry no
   partitions and each check is one execution of its run, as Dagster records it in a

@@ -197,7 +197,7 @@ def test_a_window_range_runs_on_the_production_instance(
     assert sessions_during < 150, sessions_during
     with dagster_instance(settings) as instance:
         assert isinstance(instance, RunhubDagsterInstance)
-        # Each check is one execution of the run, not one per window (40 checks x 2,880 windows
+        # Each check is one execution of the run, not one per window (56 checks x 2,880 windows
         # of a 30-day backfill were 39 s of writes before its first step), evaluated (the
         # freshness check of these old windows fails; it is WARN only).
         check_keys = window_job_check_keys(settings)
