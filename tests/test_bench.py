@@ -6,8 +6,10 @@ import dataclasses
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 import psycopg
 import pytest
 
@@ -19,6 +21,7 @@ from bench.run import Plan, main, parse_args
 from bench.runlog import run_timings
 from bench.sensor_tick import load_sensor_data
 from bench.tick import run_rollup
+from bench.warehouse_sizes import table_blocks
 from bench.workload import SCALES
 from runhub_pipeline.resources.app_db import AppDatabase, SourceReader
 
@@ -110,3 +113,19 @@ def test_a_partitions_start_after_the_data_is_refused(
 ) -> None:
     assert main(["--scale", "tiny", "--partitions-start", "2099-01-01T00:00Z"]) == 2
     assert "is after the data start" in capsys.readouterr().err
+
+
+def test_warehouse_sizes_divide_the_file_by_table(tmp_path: Path) -> None:
+    """A table ten times bigger than another holds several times its blocks; an empty one none."""
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute(
+            "create table big as select i, 'row ' || i as text from range(2000000) r(i)"
+        )
+        connection.execute("create table small as select * from big limit 200000")
+        connection.execute("create table empty (i integer)")
+        connection.execute("checkpoint")
+    with duckdb.connect(str(path), read_only=True) as connection:
+        blocks = table_blocks(connection)
+    assert blocks["empty"] == 0
+    assert blocks["big"] > 5 * blocks["small"] > 0
