@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 
 from runhub_pipeline.assets.serving import SERVED_KPI_ASSET
+from runhub_pipeline.assets.staging import STAGING_ASSET_KEYS
 from runhub_pipeline.checks import names, reconcile, structural
 from runhub_pipeline.checks.accept import AcceptError, accept_failure
 from runhub_pipeline.checks.core import CheckEnv, Outcome, Thresholds
@@ -25,7 +26,9 @@ from runhub_pipeline.definitions import WINDOW_JOB, build_definitions
 from runhub_pipeline.orchestration import run_outcome
 from runhub_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, partition_key
 from runhub_pipeline.resources.app_db import AppDatabase
+from runhub_pipeline.resources.warehouse import Warehouse
 from runhub_pipeline.settings import Settings
+from runhub_pipeline.watermark import current_watermark
 from tests.factories import analytics_event, business_event, insert_rows, project, utc
 
 pytestmark = pytest.mark.slow
@@ -135,6 +138,13 @@ def _served(app_db: AppDatabase) -> list[tuple[Any, ...]]:
     ]
 
 
+def _published_watermark(pipeline: Pipeline) -> Any:
+    """T in the published warehouse snapshot, the one analysts and sensors read."""
+    warehouse = Warehouse(path=str(pipeline.settings.warehouse_path))
+    with warehouse.reader() as connection:
+        return current_watermark(connection)
+
+
 def test_a_blocking_failure_holds_back_publish_and_sends(
     pipeline: Pipeline, sqlite_app_db: AppDatabase
 ) -> None:
@@ -143,6 +153,7 @@ def test_a_blocking_failure_holds_back_publish_and_sends(
     first = _run(definitions, instance, W0, W0)
     assert first.success
     assert SERVED_KPI_ASSET in _materialized(first)
+    assert _published_watermark(pipeline) == W1
     served = _served(sqlite_app_db)
     assert len(served) == 1
     gate = blocking_checks_gate(instance, definitions)
@@ -160,6 +171,8 @@ def test_a_blocking_failure_holds_back_publish_and_sends(
     assert names.BUSINESS_KPI_DAILY not in materialized
     assert SERVED_KPI_ASSET not in materialized
     assert _served(sqlite_app_db) == served
+    # W1 is staged in the writer file, but the run stopped: the snapshot is still the first's.
+    assert _published_watermark(pipeline) == W1
     gate = blocking_checks_gate(instance, definitions)
     assert gate.state == "blocked" and not gate.ok
     assert "quarantined_events:quarantine_share" in gate.reason()
@@ -192,6 +205,7 @@ def test_a_blocking_failure_holds_back_publish_and_sends(
     fixed = _run(definitions, instance, W1, W1)
     assert fixed.success
     assert SERVED_KPI_ASSET in _materialized(fixed)
+    assert _published_watermark(pipeline) == W2 + (W2 - W1)  # W2, ingested by the third run
     assert _served(sqlite_app_db) != served
     gate = blocking_checks_gate(instance, definitions)
     assert gate.ok, gate.reason()
@@ -339,3 +353,21 @@ def test_an_accepted_failure_stops_blocking(pipeline: Pipeline, sqlite_app_db: A
     history = check_history(instance, names.QUARANTINED_EVENTS, names.QUARANTINE_SHARE)
     assert [h.outcome for h in history][:3] == ["passed", "passed", "failed"]
     assert history[1].metadata["accepted_reason"] == "partner export of 4 March, INC-7"
+
+
+def test_a_run_whose_last_writing_step_is_staging_publishes_what_it_staged(
+    pipeline: Pipeline,
+) -> None:
+    """The snapshot is published by the run's last step that writes the warehouse, whichever
+    steps the run selected: here staging alone, then its checks read the writer file."""
+    staging_only = dg.define_asset_job(
+        "staging_only",
+        selection=dg.AssetSelection.assets(*STAGING_ASSET_KEYS),
+        partitions_def=pipeline.definitions.resolve_job_def(WINDOW_JOB).partitions_def,
+    )
+    definitions = dg.Definitions.merge(pipeline.definitions, dg.Definitions(jobs=[staging_only]))
+    result = _run(definitions, pipeline.instance, W0, W0, job="staging_only")
+    assert result.success
+    assert names.BUSINESS_KPI_DAILY not in _materialized(result)
+    assert {e.check_name for e in result.get_asset_check_evaluations()} >= {names.QUARANTINE_SHARE}
+    assert _published_watermark(pipeline) == W1

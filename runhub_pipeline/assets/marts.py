@@ -20,7 +20,12 @@ from sqlglot import exp
 
 from runhub_pipeline.lineage import model_column_lineage, model_inputs, model_table_schema
 from runhub_pipeline.models import render_model, run_model, statements_of, transpile
-from runhub_pipeline.resources.warehouse import WAREHOUSE_POOL, Warehouse, utc_now
+from runhub_pipeline.resources.warehouse import (
+    WAREHOUSE_POOL,
+    WRITES_WAREHOUSE_TAG,
+    Warehouse,
+    utc_now,
+)
 from runhub_pipeline.watermark import current_watermark
 
 INCREMENTAL_MARTS = (
@@ -358,11 +363,12 @@ def build_mart_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         ],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
+        op_tags={WRITES_WAREHOUSE_TAG: "true"},
     )
     def build_marts(
         context: dg.AssetExecutionContext, warehouse: Warehouse
     ) -> Iterator[dg.MaterializeResult]:
-        with warehouse.writer() as connection:
+        with warehouse.step_writer(context) as connection:
             refresh = refresh_marts(DuckDBEngine(connection), utc_now())
             metadata = {
                 table: materialization_metadata(connection, table)

@@ -33,7 +33,12 @@ from runhub_pipeline.assets.marts import (
 )
 from runhub_pipeline.lineage import model_table_schema
 from runhub_pipeline.resources.app_db import AppDatabase
-from runhub_pipeline.resources.warehouse import WAREHOUSE_POOL, Warehouse, utc_now
+from runhub_pipeline.resources.warehouse import (
+    WAREHOUSE_POOL,
+    WRITES_WAREHOUSE_TAG,
+    Warehouse,
+    utc_now,
+)
 
 SERVED_KPI_ASSET = "app_business_kpi_daily"
 KPI_TABLE = "business_kpi_daily"
@@ -272,7 +277,7 @@ def build_serving_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
     def publish(
         context: dg.AssetExecutionContext, app_db: AppDatabase, warehouse: Warehouse
     ) -> Iterator[dg.MaterializeResult]:
-        with warehouse.reader() as connection:
+        with warehouse.run_reader(context) as connection:
             result = publish_business_kpi_daily(app_db, connection, utc_now())
         context.log.info("published %s", result)
         yield dg.MaterializeResult(
@@ -294,12 +299,13 @@ def build_serving_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         specs=[mart_spec(PLATFORM_METRICS, platform_deps, partitions)],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
+        op_tags={WRITES_WAREHOUSE_TAG: "true"},
     )
     def platform(
         context: dg.AssetExecutionContext, app_db: AppDatabase, warehouse: Warehouse
     ) -> Iterator[dg.MaterializeResult]:
         published_through = last_published_through(app_db)
-        with warehouse.writer() as connection:
+        with warehouse.step_writer(context) as connection:
             watermark = refresh_platform_metrics(
                 DuckDBEngine(connection), published_through, utc_now()
             )

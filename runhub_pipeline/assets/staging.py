@@ -26,7 +26,13 @@ from runhub_pipeline.assets.ingest import (
 )
 from runhub_pipeline.models import run_model
 from runhub_pipeline.resources.app_db import AppDatabase
-from runhub_pipeline.resources.warehouse import WAREHOUSE_POOL, Warehouse, transaction, utc_now
+from runhub_pipeline.resources.warehouse import (
+    WAREHOUSE_POOL,
+    WRITES_WAREHOUSE_TAG,
+    Warehouse,
+    transaction,
+    utc_now,
+)
 
 
 def valid_timezones() -> list[str]:
@@ -183,12 +189,13 @@ def build_staging_assets(
         ],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
+        op_tags={WRITES_WAREHOUSE_TAG: "true"},
     )
     def ingest_and_stage_asset(
         context: dg.AssetExecutionContext, app_db: AppDatabase, warehouse: Warehouse
     ) -> Iterator[dg.MaterializeResult]:
         window = context.partition_time_window
-        with warehouse.writer() as connection:
+        with warehouse.step_writer(context) as connection:
             ingested, staged = ingest_and_stage(
                 app_db, connection, window.start, window.end, utc_now()
             )

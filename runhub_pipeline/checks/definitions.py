@@ -308,7 +308,7 @@ def _check_op(
         context: dg.AssetCheckExecutionContext, warehouse: Warehouse, app_db: AppDatabase
     ) -> Iterator[dg.AssetCheckResult]:
         selected = sorted(context.selected_asset_check_keys)
-        with warehouse.reader() as connection:
+        with warehouse.run_reader(context) as connection:
             env = CheckEnv(
                 connection=connection,
                 scope=_scope(context, connection, options, group.tables),

@@ -1,13 +1,18 @@
 """The DuckDB warehouse: one private writer file, one published read-only snapshot.
 
 DuckDB lets one process hold a file for writing and then refuses every other process, readers
-included ("Could not set lock on file"). So nobody but the pipeline's writer ever opens the writer
-file (`<name>.writer.duckdb`), and writers take turns on an advisory file lock (`<name>.lock`), so
-runs of different windows wait for each other instead of failing. After a writer's transaction
-commits, the writer file is checkpointed, copied and atomically renamed over the published file
-(`warehouse.duckdb`), which analysts, sensors and checks open read-only. A reader keeps the
-snapshot it opened; the rename never disturbs it, and a killed writer leaves the previous snapshot
-in place.
+included ("Could not set lock on file"). So nobody but the pipeline ever opens the writer file
+(`<name>.writer.duckdb`), and it takes turns on an advisory file lock (`<name>.lock`), so runs of
+different windows wait for each other instead of failing. The published file (`warehouse.duckdb`),
+which analysts and sensors open read-only, is a checkpointed copy of the writer file, atomically
+renamed into place. A reader keeps the snapshot it opened; the rename never disturbs it, and a
+killed writer leaves the previous snapshot in place.
+
+The copy costs time in proportion to the whole file, not to what changed, so a run publishes once,
+at the end of its last step that writes the warehouse (the steps tagged `WRITES_WAREHOUSE_TAG`).
+Its other steps (checks, serving) read the writer file under the lock (`Warehouse.run_reader`).
+A run that stops early, a failed blocking check included, publishes nothing: the snapshot only
+ever moves to the end state of a run whose writing steps all ran.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ import duckdb
 from runhub_pipeline.settings import DEFAULT_WAREHOUSE_MEMORY
 
 WRITER_LOCK_TIMEOUT_SECONDS = 3600.0
-# Dagster pool of every step that writes the warehouse; its limit (1) is set on the instance.
+# Dagster pool of every step that writes the warehouse or serves from it; its limit (1) is set
+# on the instance.
 WAREHOUSE_POOL = "warehouse"
+# Op tag of the steps that write the warehouse: the last of them in a run publishes the snapshot.
+WRITES_WAREHOUSE_TAG = "runhub/writes_warehouse"
 
 
 def utc_now() -> datetime:
@@ -105,6 +113,16 @@ def transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
     connection.execute("commit")
 
 
+def warehouse_writers(job: dg.JobDefinition) -> list[str]:
+    """The steps of `job` (a run's job, subset to what the run executes) that write the
+    warehouse, in the order they run."""
+    return [
+        node.name
+        for node in job.graph.nodes_in_topological_order
+        if node.definition.tags.get(WRITES_WAREHOUSE_TAG)
+    ]
+
+
 class Warehouse(dg.ConfigurableResource):
     """The analyst warehouse at `path` (read-only snapshot) and its private writer file."""
 
@@ -117,8 +135,9 @@ class Warehouse(dg.ConfigurableResource):
         return Path(self.path)
 
     @contextmanager
-    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Exclusive write access; the snapshot is published when the block ends without error.
+    def writer(self, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Exclusive write access; with `publish`, the snapshot is published when the block ends
+        without error.
 
         Callers wrap their statements in one transaction (`begin` / `commit`) so that a crash
         leaves the previous state whole.
@@ -131,7 +150,45 @@ class Warehouse(dg.ConfigurableResource):
                 connection.execute("checkpoint")
             finally:
                 connection.close()
-            publish_snapshot(writer_path(published), published)
+            if publish:
+                publish_snapshot(writer_path(published), published)
+
+    @contextmanager
+    def step_writer(self, context: dg.AssetExecutionContext) -> Iterator[duckdb.DuckDBPyConnection]:
+        """`writer()` for a step tagged `WRITES_WAREHOUSE_TAG`: it publishes the snapshot when
+        it is the last such step of its run."""
+        writers = warehouse_writers(context.job_def)
+        with self.writer(publish=writers[-1:] == [context.op_handle.name]) as connection:
+            yield connection
+
+    @contextmanager
+    def run_reader(
+        self, context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection for a step that reads what its run wrote.
+
+        In a run that writes the warehouse, that is the writer file, read under the writer lock:
+        the run publishes only at its end. A run that writes nothing (a check-only run) reads
+        the published snapshot and so never waits behind a running backfill.
+        """
+        if not warehouse_writers(context.job_def):
+            with self.reader() as connection:
+                yield connection
+            return
+        published = self.published_path
+        with exclusive_lock(lock_path(published), WRITER_LOCK_TIMEOUT_SECONDS):
+            if not writer_path(published).exists():
+                raise WarehouseNotBuiltError(
+                    f"the warehouse {writer_path(published)} does not exist yet: its run wrote"
+                    " nothing"
+                )
+            connection = connect_utc(
+                writer_path(published), read_only=True, memory_limit=self.memory_limit
+            )
+            try:
+                yield connection
+            finally:
+                connection.close()
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
