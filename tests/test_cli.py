@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -310,3 +311,13 @@ def test_in_memory_sqlite_url_is_rejected(url: str, tmp_path: Path) -> None:
     result = runhub("init", env={"RUNHUB_HOME": str(tmp_path), "RUNHUB_APP_DB_URL": url})
     assert_one_line_error(result, "RUNHUB_APP_DB_URL")
     assert result.returncode == 2
+
+
+@pytest.mark.parametrize("package", ["dagster", "great_expectations", "pandas"])
+def test_the_installed_dependencies_carry_their_bytecode(package: str) -> None:
+    """`make venv` compiles site-packages (`uv pip sync --compile-bytecode`): where
+    PYTHONDONTWRITEBYTECODE is set, as on the CI machine, nothing else would, and every run's
+    process would compile these packages from source on import again."""
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.origin is not None
+    assert Path(importlib.util.cache_from_source(spec.origin)).exists(), spec.origin
