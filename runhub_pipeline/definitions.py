@@ -11,7 +11,6 @@ from runhub_pipeline.assets.marts import build_mart_assets
 from runhub_pipeline.assets.serving import build_serving_assets
 from runhub_pipeline.assets.staging import build_staging_assets
 from runhub_pipeline.checks.definitions import build_checks
-from runhub_pipeline.checks.gx_suites import GreatExpectationsRuntime
 from runhub_pipeline.ingest_sensor import build_ingest_sensor
 from runhub_pipeline.partitions import fifteen_minute_partitions
 from runhub_pipeline.resources.app_db import AppDatabase
@@ -50,7 +49,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 path=str(settings.warehouse_path), memory_limit=settings.warehouse_memory_limit
             ),
             EMAIL_RESOURCE: transport_from_settings(settings.smtp_url, settings.outbox_dir),
-            "great_expectations": GreatExpectationsRuntime(),
         },
         # One process per run: the steps share the DuckDB writer in turn anyway, and a step
         # process per asset would cost seconds of imports on every 15-minute tick.

@@ -227,34 +227,6 @@ def test_validating_leaves_the_modules_gx_defers_unloaded_until_they_are_used(
     _run_in_new_process(code)
 
 
-@pytest.mark.slow
-def test_a_run_with_checks_starts_importing_great_expectations_when_it_sets_up(
-    tmp_path: Path,
-) -> None:
-    """Every check op needs the `great_expectations` resource, so a run that checks sets it up
-    when it starts, and setting it up imports GX and builds its context on a thread."""
-    code = (
-        "import sys, time\n"
-        "import dagster as dg\n"
-        "from runhub_pipeline.checks import gx_suites\n"
-        "from runhub_pipeline.definitions import build_definitions\n"
-        "from runhub_pipeline.settings import Settings\n"
-        f"settings = Settings.from_env({{'RUNHUB_HOME': {str(tmp_path)!r}}})\n"
-        "definitions = build_definitions(settings)\n"
-        "checks = list(definitions.asset_checks or [])\n"
-        "assert checks and all('great_expectations' in c.required_resource_keys for c in checks)\n"
-        "resource = definitions.resources['great_expectations']\n"
-        "with dg.build_resources({'great_expectations': resource}):\n"
-        "    pass\n"
-        "deadline = time.monotonic() + 90\n"
-        "while not gx_suites._built_context.cache_info().currsize:\n"
-        "    assert time.monotonic() < deadline, 'no GX context built'\n"
-        "    time.sleep(0.05)\n"
-        "assert 'great_expectations' in sys.modules\n"
-    )
-    _run_in_new_process(code)
-
-
 def _run_in_new_process(code: str) -> None:
     """Run `code` in a new interpreter, so what it imports is not already imported by the tests."""
     completed = subprocess.run(

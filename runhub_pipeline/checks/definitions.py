@@ -43,7 +43,6 @@ from runhub_pipeline.checks.core import (
     Outcome,
     Thresholds,
 )
-from runhub_pipeline.checks.gx_suites import GreatExpectationsRuntime
 from runhub_pipeline.checks.status import latest_completed
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import Warehouse, utc_now
@@ -306,12 +305,7 @@ def _check_op(
         description=f"Data-quality checks of {', '.join(sorted(group.tables))}.",
     )
     def run_checks(
-        context: dg.AssetCheckExecutionContext,
-        warehouse: Warehouse,
-        app_db: AppDatabase,
-        # Unused here: required so that a run with checks sets it up, and so starts GX's import,
-        # when the run starts.
-        great_expectations: GreatExpectationsRuntime,
+        context: dg.AssetCheckExecutionContext, warehouse: Warehouse, app_db: AppDatabase
     ) -> Iterator[dg.AssetCheckResult]:
         selected = sorted(context.selected_asset_check_keys)
         with warehouse.run_reader(context) as connection:

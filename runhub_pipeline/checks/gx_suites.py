@@ -9,7 +9,6 @@ GX costs seconds to import, so it is imported here, lazily, inside the functions
 loading the Dagster definitions or running a sensor never pays for it.
 """
 
-import contextlib
 import fcntl
 import functools
 import importlib
@@ -18,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +26,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import dagster as dg
 import pandas as pd
 
 from runhub_pipeline.checks.core import markdown_table
@@ -159,21 +156,9 @@ def _defer_import(name: str) -> None:
     sys.modules[name] = stand_in
 
 
-def _context() -> Any:
-    """One ephemeral GX context per process: building one per check would cost a second each.
-
-    The lock makes a check that asks while the warm-up thread is still building it wait for
-    that one instead of building a second.
-    """
-    with _CONTEXT_LOCK:
-        return _built_context()
-
-
-_CONTEXT_LOCK = threading.Lock()
-
-
 @functools.cache
-def _built_context() -> Any:
+def _context() -> Any:
+    """One ephemeral GX context per process: building one per check would cost a second each."""
     gx = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -181,30 +166,6 @@ def _built_context() -> Any:
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     context.data_sources.add_pandas("runhub_warehouse")
     return context
-
-
-@functools.cache
-def prepare_in_background() -> None:
-    """Import GX and build its context on a daemon thread, once per process.
-
-    The daemon starts every run in a new process, whose first check waited seconds for GX's
-    import; started when the run sets up its resources (`GreatExpectationsRuntime`), the import
-    runs beside ingestion, which spends its time in the database and in DuckDB, outside the GIL.
-    A failure here is left for the check itself to raise.
-    """
-
-    def build() -> None:
-        with contextlib.suppress(Exception):
-            _context()
-
-    threading.Thread(target=build, name="gx-warm-up", daemon=True).start()
-
-
-class GreatExpectationsRuntime(dg.ConfigurableResource):
-    """Great Expectations for the checks: a run that may check starts importing it at set-up."""
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        prepare_in_background()
 
 
 @functools.cache
