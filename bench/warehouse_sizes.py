@@ -1,9 +1,9 @@
 """How a warehouse file's space divides among its tables: what each publish of the snapshot copies.
 
-Every step that writes the warehouse copies the whole file to the published snapshot, so the tick
-grows with the file (BENCHMARKS.md). This prints the file's used and free blocks and each table's
-share of the used ones, from DuckDB's own storage metadata (read-only, safe on a published
-snapshot):
+Each run that writes the warehouse copies the whole file to the published snapshot once, so the
+tick grows with the file (BENCHMARKS.md). This prints the file's used and free blocks and each
+table's share of the used ones, from DuckDB's own storage metadata (read-only, safe on a
+published snapshot):
 
     .venv/bin/python -m bench.warehouse_sizes "$RUNHUB_HOME/warehouse.duckdb"
 """

@@ -1,7 +1,8 @@
 """The vocabulary of the data-quality checks: what a check sees, what it returns, how it queries.
 
-A check is a plain function `CheckEnv -> Outcome`. It reads the published warehouse snapshot (never
-the writer) and, for source reconciliation, the app database. `CheckScope` says which ingest
+A check is a plain function `CheckEnv -> Outcome`. It reads the warehouse through a read-only
+connection (`Warehouse.run_reader`: what its run wrote, or the published snapshot in a check-only
+run) and, for source reconciliation, the app database. `CheckScope` says which ingest
 windows the run covered, so range runs (backfills) are checked over their whole range. Dagster is
 only involved in `definitions.py`, which turns outcomes into `AssetCheckResult`s.
 """

@@ -1,9 +1,9 @@
 """The registry of data-quality checks and their Dagster asset checks.
 
-The checks of the tables one asset step writes run in one `@multi_asset_check` op on one
-read-only snapshot connection. A blocking check that fails with ERROR severity fails that op, and
-Dagster then skips every asset downstream of the table in the same run (the marts, the serving
-publish). The send sensors learn of it through `checks.status`.
+The checks of the tables one asset step writes run in one `@multi_asset_check` op on one read-only
+warehouse connection (`Warehouse.run_reader`). A blocking check that fails with ERROR severity fails
+that op, and Dagster then skips every asset downstream of the table in the same run (the marts, the
+serving publish). The send sensors learn of it through `checks.status`.
 
 The checks are not partitioned (partitioned checks are a preview in Dagster 1.13), so Dagster
 records their evaluations without a partition. The window job runs one window as a
@@ -264,8 +264,8 @@ def build_checks(
 ) -> list[dg.AssetChecksDefinition]:
     """The checks of every table that `assets` materialize, one check op per asset step.
 
-    The tables one step writes (e.g. all marts) are checked by one op on one snapshot
-    connection: a step costs Dagster half a second, and the tables are published together anyway.
+    The tables one step writes (e.g. all marts) are checked by one op on one read-only
+    connection: a step costs Dagster half a second, and the tables are written together anyway.
     """
     groups = [
         CheckGroup(assets_def.node_def.name, [key.to_user_string() for key in assets_def.keys])

@@ -1,9 +1,9 @@
 """Great Expectations (GX Core 1.x) suites, kept as data files in `checks/suites/<table>.json`.
 
 Each suite validates the rows one run wrote to its table, as a pandas DataFrame read from the
-warehouse snapshot. Every validation result is saved as JSON under `$RUNHUB_HOME/gx_results`, and
-the Data Docs site (`$RUNHUB_HOME/data_docs`) is rebuilt from the latest results at most once an
-hour during runs, and on demand at the end of `runhub demo`.
+warehouse (the check's read-only connection). Every validation result is saved as JSON under
+`$RUNHUB_HOME/gx_results`, and the Data Docs site (`$RUNHUB_HOME/data_docs`) is rebuilt from the
+latest results at most once an hour during runs, and on demand at the end of `runhub demo`.
 
 GX costs seconds to import, so it is imported here, lazily, inside the functions that need it:
 loading the Dagster definitions or running a sensor never pays for it.

@@ -4,8 +4,9 @@ The answer comes from the Dagster instance, the store the checks already write t
 (and that the UI shows), so there is no second copy of the results to keep in step. For every
 blocking check of every table that has been materialized:
 
-- the latest completed evaluation must target the table's latest materialization (the data in the
-  published snapshot now); a newer materialization whose checks have not finished is `pending`;
+- the latest completed evaluation must target the table's latest materialization (the data its
+  run wrote; published at the end of that run); a newer materialization whose checks have not
+  finished is `pending`;
 - that evaluation must have passed, or failed with WARN severity only; an ERROR failure is
   `blocked`, until a later run rewrites the table and its checks pass. Checks scoped to a run's
   windows re-check the windows they failed on (`checks.rechecks`), so a run of other windows does
