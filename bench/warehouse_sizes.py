@@ -1,9 +1,9 @@
-"""How a warehouse file's space divides among its tables: what each publish of the snapshot copies.
+"""How a warehouse file's space divides among its tables: what each publish of the snapshot reads.
 
-Each run that writes the warehouse copies the whole file to the published snapshot once, so the
-tick grows with the file (BENCHMARKS.md). This prints the file's used and free blocks and each
-table's share of the used ones, from DuckDB's own storage metadata (read-only, safe on a
-published snapshot):
+Each run that writes the warehouse publishes the snapshot once: it reads the whole file and
+rewrites the chunks that changed, so the tick grows with the file (BENCHMARKS.md). This prints
+the file's used and free blocks and each table's share of the used ones, from DuckDB's own storage
+metadata (read-only, safe on a published snapshot):
 
     .venv/bin/python -m bench.warehouse_sizes "$RUNHUB_HOME/warehouse.duckdb"
 """
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-# DuckDB's default block size; `pragma database_size` counts blocks of it.
-BLOCK_BYTES = 256 * 1024
+from runhub_pipeline.resources.warehouse import DUCKDB_BLOCK_BYTES
 
 
 def table_blocks(connection: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -56,7 +55,7 @@ def main() -> None:
     for table, count in sorted(blocks.items(), key=lambda item: -item[1]):
         if count:
             share = count / counted
-            print(f"  {table:<32} {count * BLOCK_BYTES / 2**20:>10,.1f} MiB {share:>6.1%}")
+            print(f"  {table:<32} {count * DUCKDB_BLOCK_BYTES / 2**20:>10,.1f} MiB {share:>6.1%}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import pytest
 from runhub_pipeline.definitions import build_definitions
 from runhub_pipeline.resources.app_db import AppDatabase
 from runhub_pipeline.resources.warehouse import (
-    PUBLISH_CHUNK_BYTES,
+    DUCKDB_BLOCK_BYTES,
     Warehouse,
     lock_path,
     publish_snapshot,
@@ -374,7 +374,7 @@ def test_a_publish_rewrites_only_what_changed_and_never_a_snapshot_being_read(
     for version in range(3):
         published_version(warehouse, version)
     size = published.stat().st_size
-    assert size > 8 * PUBLISH_CHUNK_BYTES
+    assert size > 8 * DUCKDB_BLOCK_BYTES
     # A publish finds the snapshot before the current one as its spare: it rewrites the few
     # chunks that changed since.
     assert published.read_bytes() == writer.read_bytes()

@@ -39,9 +39,9 @@ WRITER_LOCK_TIMEOUT_SECONDS = 3600.0
 WAREHOUSE_POOL = "warehouse"
 # Op tag of the steps that write the warehouse: the last of them in a run publishes the snapshot.
 WRITES_WAREHOUSE_TAG = "runhub/writes_warehouse"
-# Unit of the publish's comparison: DuckDB's block size, so one changed block rewrites two chunks
-# at most (the blocks start after the file's 12 KiB of headers).
-PUBLISH_CHUNK_BYTES = 256 * 1024
+# DuckDB's default block size. It is the unit of the publish's comparison, so one changed block
+# rewrites two chunks at most (the blocks start after the file's 12 KiB of headers).
+DUCKDB_BLOCK_BYTES = 256 * 1024
 
 
 def utc_now() -> datetime:
@@ -122,8 +122,8 @@ def overwrite_changed_chunks(source: Path, target: int) -> int:
     written = 0
     with source.open("rb") as handle:
         size = os.fstat(handle.fileno()).st_size
-        for offset in range(0, size, PUBLISH_CHUNK_BYTES):
-            chunk = os.pread(handle.fileno(), PUBLISH_CHUNK_BYTES, offset)
+        for offset in range(0, size, DUCKDB_BLOCK_BYTES):
+            chunk = os.pread(handle.fileno(), DUCKDB_BLOCK_BYTES, offset)
             if os.pread(target, len(chunk), offset) != chunk:
                 written += os.pwrite(target, chunk, offset)
     os.ftruncate(target, size)
@@ -238,30 +238,23 @@ class Warehouse(dg.ConfigurableResource):
                 yield connection
             return
         published = self.published_path
-        with exclusive_lock(lock_path(published), WRITER_LOCK_TIMEOUT_SECONDS):
-            if not writer_path(published).exists():
-                raise WarehouseNotBuiltError(
-                    f"the warehouse {writer_path(published)} does not exist yet: its run wrote"
-                    " nothing"
-                )
-            connection = connect_utc(
-                writer_path(published), read_only=True, memory_limit=self.memory_limit
-            )
-            try:
-                yield connection
-            finally:
-                connection.close()
+        with (
+            exclusive_lock(lock_path(published), WRITER_LOCK_TIMEOUT_SECONDS),
+            self._read_only(writer_path(published), "its run wrote nothing") as connection,
+        ):
+            yield connection
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection to the published snapshot, safe while a run writes."""
-        if not self.published_path.exists():
-            raise WarehouseNotBuiltError(
-                f"the warehouse {self.published_path} does not exist yet: run `runhub backfill`"
-            )
-        connection = connect_utc(
-            self.published_path, read_only=True, memory_limit=self.memory_limit
-        )
+        with self._read_only(self.published_path, "run `runhub backfill`") as connection:
+            yield connection
+
+    @contextmanager
+    def _read_only(self, path: Path, if_missing: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        if not path.exists():
+            raise WarehouseNotBuiltError(f"the warehouse {path} does not exist yet: {if_missing}")
+        connection = connect_utc(path, read_only=True, memory_limit=self.memory_limit)
         try:
             yield connection
         finally:
