@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from runhub_pipeline.assets.marts import build_mart_assets
+from runhub_pipeline.assets.marts import DuckDBEngine, build_mart_assets, refresh_platform_metrics
 from runhub_pipeline.assets.serving import (
     SERVED_KPI_ASSET,
     build_serving_assets,
@@ -132,6 +132,20 @@ def test_publish_carries_updates_and_deletions(app_db: AppDatabase, tmp_path: Pa
     # The log holds one row per publish, each in its own transaction with its rows.
     log = app_db.fetch_all("select rows_upserted, rows_deleted from runhub_publish_log")
     assert sorted(tuple(r) for r in log) == [(1, 1), (10, 0)]
+
+    # The platform step forgets the deletions the app has received, and only those.
+    def deletions_after_platform_metrics(published_through: datetime) -> list[tuple[Any, ...]]:
+        with warehouse.writer() as connection:
+            refresh_platform_metrics(DuckDBEngine(connection), published_through, PUBLISHED_AT)
+            return connection.execute(
+                "select project_id, day from business_kpi_daily_deletions"
+            ).fetchall()
+
+    assert deletions_after_platform_metrics(WRITE_TIME) == [("badtz", date(2026, 3, 31))]
+    assert deletions_after_platform_metrics(result.published_through) == []
+    again = publish(app_db, warehouse, PUBLISHED_AT + timedelta(minutes=15))
+    assert (again.rows_upserted, again.rows_deleted) == (0, 0)
+    assert app_rows(app_db) == served
 
 
 def _failing_check(blocking_failure: bool) -> dg.AssetChecksDefinition:
