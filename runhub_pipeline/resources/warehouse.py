@@ -138,8 +138,8 @@ def publish_snapshot(source: Path, published: Path) -> int:
     the chunks that changed over the last two publishes: a checkpoint rewrites a few blocks of a
     file that grows with the whole history. A reader that still holds the spare keeps it, and the
     copy goes to a new file. Then the current snapshot becomes the spare. A crash at any point
-    leaves `published` whole (the spare is never opened by readers) and the next publish mends
-    the spare, whatever it holds.
+    leaves `published` whole (readers never open the spare by its name, only snapshots they
+    opened before it became the spare) and the next publish mends the spare, whatever it holds.
     """
     spare = spare_path(published)
     descriptor = os.open(spare, os.O_RDWR | os.O_CREAT, 0o644)
