@@ -15,10 +15,11 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from runhub_pipeline.assets.marts import DuckDBEngine, build_mart_assets, refresh_platform_metrics
+from runhub_pipeline.assets.marts import build_mart_assets
 from runhub_pipeline.assets.serving import (
     SERVED_KPI_ASSET,
     build_serving_assets,
+    forget_published_deletions,
     kpi_columns,
     last_published_through,
     publish_business_kpi_daily,
@@ -133,16 +134,23 @@ def test_publish_carries_updates_and_deletions(app_db: AppDatabase, tmp_path: Pa
     log = app_db.fetch_all("select rows_upserted, rows_deleted from runhub_publish_log")
     assert sorted(tuple(r) for r in log) == [(1, 1), (10, 0)]
 
-    # The platform step forgets the deletions the app has received, and only those.
-    def deletions_after_platform_metrics(published_through: datetime) -> list[tuple[Any, ...]]:
-        with warehouse.writer() as connection:
-            refresh_platform_metrics(DuckDBEngine(connection), published_through, PUBLISHED_AT)
-            return connection.execute(
-                "select project_id, day from business_kpi_daily_deletions"
-            ).fetchall()
+    # The deletions the app has received are forgotten, and only those; the platform step does it.
+    def logged_deletions() -> list[tuple[Any, ...]]:
+        with warehouse.reader() as connection:
+            query = "select project_id, day from business_kpi_daily_deletions"
+            return connection.execute(query).fetchall()
 
-    assert deletions_after_platform_metrics(WRITE_TIME) == [("badtz", date(2026, 3, 31))]
-    assert deletions_after_platform_metrics(result.published_through) == []
+    with warehouse.writer() as connection:
+        forget_published_deletions(connection, WRITE_TIME)
+    assert logged_deletions() == [("badtz", date(2026, 3, 31))]
+    platform = build_serving_assets(fifteen_minute_partitions(START))[1]
+    materialized = dg.materialize(
+        [platform],
+        partition_key=partition_key(T),
+        resources={"app_db": app_db, "warehouse": warehouse},
+    )
+    assert materialized.success
+    assert logged_deletions() == []
     again = publish(app_db, warehouse, PUBLISHED_AT + timedelta(minutes=15))
     assert (again.rows_upserted, again.rows_deleted) == (0, 0)
     assert app_rows(app_db) == served

@@ -214,12 +214,6 @@ _LAST_CHANGE = "select coalesce(max(change_seq), 0) from stg_changes"
 # Every incremental mart has consumed the changes up to $to_seq in this transaction; staging
 # numbers the next change past mart_progress too (`staging.next_change_seq`), so none is reused.
 _PRUNE_CONSUMED = "delete from stg_changes where change_seq <= $to_seq"
-# The app has received every KPI deletion up to its last publish: the publish and fresh_share only
-# read the ones logged after it, so the older ones would only pile up.
-_PRUNE_PUBLISHED_DELETIONS = (
-    "delete from business_kpi_daily_deletions"
-    " where deleted_at <= cast($published_through as timestamptz)"
-)
 
 
 def _progress(engine: SqlEngine) -> tuple[int, datetime | None]:
@@ -260,8 +254,7 @@ def refresh_marts(engine: SqlEngine, updated_at: datetime) -> MartsRefresh:
 def refresh_platform_metrics(
     engine: SqlEngine, published_through: datetime | None, updated_at: datetime
 ) -> datetime | None:
-    """Append (or replace) the platform_success_metrics row of the current T, and forget the KPI
-    deletions the app received up to `published_through`; returns T."""
+    """Append (or replace) the platform_success_metrics row of the current T; returns T."""
     with engine.transaction():
         watermark = current_watermark(engine.raw)
         if watermark is None:
@@ -276,8 +269,6 @@ def refresh_platform_metrics(
             "fresh_share_target": PLATFORM_TARGETS["fresh_share"][0],
         }
         engine.run(PLATFORM_METRICS, params)
-        if published_through is not None:
-            engine.execute(_PRUNE_PUBLISHED_DELETIONS, {"published_through": published_through})
     return watermark
 
 

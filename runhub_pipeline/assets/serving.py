@@ -61,6 +61,12 @@ select greatest(
 )
 """
 
+# The app has received every deletion logged up to its last publish: the publish and fresh_share
+# read only the ones logged after it, so the older ones would only pile up.
+_FORGET_PUBLISHED_DELETIONS = """
+delete from business_kpi_daily_deletions where deleted_at <= $published_through
+"""
+
 
 @dataclass(frozen=True)
 class PublishResult:
@@ -190,6 +196,13 @@ def publish_business_kpi_daily(
     return PublishResult(len(changed), len(deleted), through)
 
 
+def forget_published_deletions(
+    warehouse: duckdb.DuckDBPyConnection, published_through: datetime
+) -> None:
+    """Drop the logged KPI deletions the app has received (writer connection)."""
+    warehouse.execute(_FORGET_PUBLISHED_DELETIONS, {"published_through": published_through})
+
+
 def _changed_rows_sql(columns: Sequence[str]) -> str:
     """The warehouse rows written after the cut `$cut`, in key order."""
     query = (
@@ -309,6 +322,8 @@ def build_serving_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
             watermark = refresh_platform_metrics(
                 DuckDBEngine(connection), published_through, utc_now()
             )
+            if published_through is not None:
+                forget_published_deletions(connection, published_through)
             metadata = (
                 {
                     **materialization_metadata(connection, PLATFORM_METRICS),
